@@ -1,0 +1,1 @@
+"""The Faust application, its agents, web views and the command line."""

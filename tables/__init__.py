@@ -1,0 +1,1 @@
+"""Table definitions and the pure state logic: (state, event, now) -> (state, derived events)."""
