@@ -1,0 +1,681 @@
+"""Command line of wo-stream: run, worker, bridge, simulate, schemas and provision subcommands."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from contextlib import ExitStack
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import click
+
+# Children are started as `python -m pipeline.cli ...`: that works from a checkout and from an
+# installed wheel (where there is no top-level pipeline.py).
+CHILD_ARGV = [sys.executable, "-m", "pipeline.cli"]
+DEFAULT_STOP_TIMEOUT = 30.0
+RUN_SIMULATE_RATE = 20.0
+# Simulated seconds per wall second under `run`: one wall minute is a simulated hour, so work
+# orders go from creation to closure within minutes while the traffic stays mostly work orders.
+RUN_TIME_SCALE = 60.0
+
+nats_url_option = click.option(
+    "--nats-url", default=None, metavar="URL", help="NATS server URL [env WO_NATS_URL]."
+)
+kafka_option = click.option(
+    "--kafka-bootstrap",
+    default=None,
+    metavar="HOST:PORT",
+    help="Kafka bootstrap servers [env WO_KAFKA_BOOTSTRAP].",
+)
+
+
+def _settings(**overrides: Any):
+    """Settings from WO_* env with the non-None CLI overrides applied."""
+    from pipeline.settings import Settings
+
+    return Settings(**{k: v for k, v in overrides.items() if v is not None})
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="wo-stream", prog_name="wo-stream")
+def cli() -> None:
+    """wo-stream: NATS JetStream <-> Kafka stream pipeline for the work-order / QMS platform.
+
+    Settings come from WO_* environment variables; options override them.
+    """
+
+
+# --------------------------------------------------------------------------------------------
+# run: the whole pipeline under one supervisor
+
+
+@dataclass
+class Child:
+    """A supervised child process leading its own process group."""
+
+    name: str
+    proc: subprocess.Popen[bytes]
+    log_path: Path | None
+
+
+def _spawn(name: str, argv: list[str], env: dict[str, str], log_path: Path | None) -> Child:
+    """Start a child in its own session so a terminal's Ctrl-C reaches only the supervisor,
+    which then stops children in order (simulator, worker, servers)."""
+    stdout: Any = None
+    if log_path is not None:
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        stdout = log_path.open("ab")
+    try:
+        proc = subprocess.Popen(
+            argv,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=stdout,
+            stderr=subprocess.STDOUT if stdout is not None else None,
+            start_new_session=True,
+        )
+    finally:
+        if stdout is not None:
+            stdout.close()  # the child holds its own descriptor
+    return Child(name, proc, log_path)
+
+
+def _signal_group(pgid: int, sig: signal.Signals) -> bool:
+    """Send `sig` to a process group; False if the group no longer exists."""
+    try:
+        os.killpg(pgid, sig)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def _group_alive(pgid: int) -> bool:
+    return _signal_group(pgid, 0)  # type: ignore[arg-type]
+
+
+def stop_child(child: Child, timeout: float, hurry: threading.Event | None = None) -> int:
+    """SIGTERM the child's process group, SIGKILL it after `timeout` (or as soon as `hurry` is
+    set: a second Ctrl-C); returns the exit code."""
+    pgid = child.proc.pid
+    if child.proc.poll() is None:
+        _signal_group(pgid, signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        while child.proc.poll() is None and time.monotonic() < deadline:
+            if hurry is not None and hurry.is_set():
+                break
+            time.sleep(0.05)
+        if child.proc.poll() is None:
+            click.echo(f"{child.name}: still running after SIGTERM, killing", err=True)
+            _signal_group(pgid, signal.SIGKILL)
+        child.proc.wait()
+    # The leader may be gone while its own children linger in the group: sweep them too.
+    if _group_alive(pgid):
+        _signal_group(pgid, signal.SIGTERM)
+        deadline = time.monotonic() + min(timeout, 5.0)
+        while _group_alive(pgid) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        _signal_group(pgid, signal.SIGKILL)
+    return child.proc.returncode
+
+
+class _StopFlag:
+    """Set by SIGINT/SIGTERM; the supervisor polls it instead of dying mid-cleanup.
+
+    A second signal sets `hurry`: children still stopping are killed at once.
+    """
+
+    def __init__(self) -> None:
+        self.event = threading.Event()
+        self.hurry = threading.Event()
+        self.signame: str | None = None
+
+    def install(self) -> None:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, self._handle)
+
+    def _handle(self, signum: int, _frame: Any) -> None:
+        if self.event.is_set():
+            self.hurry.set()
+            return
+        self.signame = signal.Signals(signum).name
+        self.event.set()
+
+
+async def _provision(nats_url: str, settings: Any) -> list[str]:
+    """Create or update the JetStream streams (idempotent); returns their names."""
+    from connectors.jetstream import connect_nats, ensure_streams
+    from pipeline.simulate.publisher import quiet_nats_error
+
+    # A bounded number of connect attempts: a wrong URL must fail, not hang.
+    nc, js = await connect_nats(
+        nats_url, name="wo-stream-provision", max_reconnect_attempts=20, error_cb=quiet_nats_error
+    )
+    try:
+        await ensure_streams(js, settings)
+    finally:
+        await nc.close()
+    return [settings.stream_name, settings.dlq_stream_name]
+
+
+def _nats_call(coro: Any, nats_url: str) -> Any:
+    """Run a NATS coroutine; an unreachable server is a clear one-line error, not a traceback."""
+    from nats.errors import NoServersError
+
+    try:
+        return asyncio.run(coro)
+    except (NoServersError, OSError) as exc:
+        raise click.ClickException(f"cannot reach NATS at {nats_url}: {exc}") from exc
+
+
+def _web_url(port: int) -> str:
+    return f"http://127.0.0.1:{port}/"
+
+
+@cli.command()
+@nats_url_option
+@kafka_option
+@click.option(
+    "--data-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="State directory: JetStream store, tables, logs [env WO_DATA_DIR, default ./data].",
+)
+@click.option("--web-port", type=int, default=None, help="Worker web port [env WO_WEB_PORT].")
+@click.option(
+    "--simulate/--no-simulate",
+    default=None,
+    help="Publish simulated traffic [default: on for the embedded stack, off for given servers].",
+)
+@click.option(
+    "--rate",
+    type=click.FloatRange(min=0),
+    default=RUN_SIMULATE_RATE,
+    show_default=True,
+    help="Simulated events per second (0 = as fast as possible).",
+)
+@click.option("--tenants", type=click.IntRange(min=1), default=3, show_default=True)
+@click.option("--seed", type=int, default=None, help="Simulation seed [default: random, printed].")
+@click.option(
+    "--worker/--no-worker",
+    default=True,
+    show_default=True,
+    help="Start the Faust worker (--no-worker: servers, streams and simulator only).",
+)
+@click.option(
+    "--duration",
+    type=click.FloatRange(min=0, min_open=True),
+    default=None,
+    metavar="SECONDS",
+    help="Stop by itself after this many seconds.",
+)
+@click.option(
+    "--stop-timeout",
+    type=click.FloatRange(min=0),
+    default=DEFAULT_STOP_TIMEOUT,
+    show_default=True,
+    metavar="SECONDS",
+    help="Grace period between SIGTERM and SIGKILL for each child.",
+)
+def run(
+    nats_url: str | None,
+    kafka_bootstrap: str | None,
+    data_dir: Path | None,
+    web_port: int | None,
+    simulate: bool | None,
+    rate: float,
+    tenants: int,
+    seed: int | None,
+    worker: bool,
+    duration: float | None,
+    stop_timeout: float,
+) -> None:
+    """Run the whole pipeline: servers, streams, Faust worker and (optionally) simulated traffic.
+
+    Without --nats-url/--kafka-bootstrap (or WO_NATS_URL/WO_KAFKA_BOOTSTRAP) an embedded NATS
+    JetStream and Kafka-protocol broker are started as child processes. Ctrl-C or SIGTERM stops
+    everything: simulator, then worker, then servers; each gets --stop-timeout seconds before
+    it is killed.
+    """
+    settings = _settings(
+        nats_url=nats_url, kafka_bootstrap=kafka_bootstrap, data_dir=data_dir, web_port=web_port
+    )
+    data_root = Path(settings.data_dir).resolve()
+    embedded = settings.nats_url is None or settings.kafka_bootstrap is None
+    if simulate is None:
+        simulate = settings.nats_url is None and settings.kafka_bootstrap is None
+    if seed is None:
+        seed = int.from_bytes(os.urandom(4), "big")
+    stop = _StopFlag()
+    stop.install()
+    rc = 0
+    with ExitStack() as cleanup:
+        nats_addr, kafka_addr = settings.nats_url, settings.kafka_bootstrap
+        if embedded:
+            from connectors.embedded import EmbeddedStack, StackError
+
+            click.echo(f"starting embedded servers in {data_root} ...")
+            stack = EmbeddedStack(
+                data_root,
+                nats_url=settings.nats_url,
+                kafka_bootstrap=settings.kafka_bootstrap,
+                settings=settings,
+            )
+            cleanup.callback(_stop_stack, stack)
+            try:
+                stack.start()
+            except StackError as exc:
+                raise click.ClickException(f"embedded servers did not start: {exc}") from exc
+            nats_addr, kafka_addr = stack.nats_url, stack.kafka_bootstrap
+        assert nats_addr and kafka_addr
+        if stop.event.is_set():
+            raise SystemExit(0)
+        streams = _nats_call(_provision(nats_addr, settings), nats_addr)
+
+        env = _child_env(settings, nats_addr, kafka_addr, data_root)
+        children: list[Child] = []
+        # Stopped in reverse start order: simulator before worker, worker before servers.
+        cleanup.callback(_stop_all, children, stop_timeout, stop.hurry)
+        if worker:
+            log_path = data_root / "logs" / "worker.log"
+            children.append(_spawn("worker", [*CHILD_ARGV, "worker"], env, log_path))
+        if simulate:
+            children.append(
+                _spawn("simulate", _simulate_argv(nats_addr, rate, tenants, seed), env, None)
+            )
+        _print_banner(
+            nats_addr, kafka_addr, settings, data_root, streams, children,
+            embedded=embedded, simulate=simulate, rate=rate, tenants=tenants, seed=seed,
+        )  # fmt: skip
+        rc = _supervise(children, stop, duration)
+    click.echo("stopped cleanly" if rc == 0 else f"stopped (exit {rc})")
+    raise SystemExit(rc)
+
+
+def _simulate_argv(nats_addr: str, rate: float, tenants: int, seed: int) -> list[str]:
+    """The simulator child: endless traffic starting now, simulated time RUN_TIME_SCALE x wall."""
+    gap = RUN_TIME_SCALE / rate if rate > 0 else RUN_TIME_SCALE
+    return [
+        *CHILD_ARGV, "simulate", "--events", "0", "--rate", f"{rate:g}",
+        "--tenants", str(tenants), "--seed", str(seed), "--speed", f"{gap:g}",
+        "--start", datetime.now(UTC).isoformat(timespec="seconds"),
+        "--nats-url", nats_addr, "--no-progress", "--report-every", "10",
+    ]  # fmt: skip
+
+
+def _child_env(settings: Any, nats_addr: str, kafka_addr: str, data_root: Path) -> dict[str, str]:
+    env = dict(os.environ)
+    env.update(
+        WO_NATS_URL=nats_addr,
+        WO_KAFKA_BOOTSTRAP=kafka_addr,
+        WO_DATA_DIR=str(data_root),
+        WO_WEB_PORT=str(settings.web_port),
+        PYTHONUNBUFFERED="1",
+    )
+    if settings.kafka_bootstrap is None and "WO_KAFKA_TRANSPORT" not in os.environ:
+        # The embedded broker is Tansu, which needs the Tansu-aware Faust transport; the
+        # worker sees WO_KAFKA_BOOTSTRAP set and would otherwise pick plain kafka://.
+        env["WO_KAFKA_TRANSPORT"] = "tansu"
+    return env
+
+
+def _stop_stack(stack: Any) -> None:
+    click.echo("stopping embedded servers ...")
+    stack.stop()
+
+
+def _stop_all(children: list[Child], timeout: float, hurry: threading.Event) -> None:
+    for child in reversed(children):
+        code = stop_child(child, timeout, hurry)
+        click.echo(f"{child.name} stopped (exit {code})")
+
+
+def _supervise(children: list[Child], stop: _StopFlag, duration: float | None) -> int:
+    """Wait for a signal, the duration, or a child dying; returns the run's exit code."""
+    deadline = None if duration is None else time.monotonic() + duration
+    while True:
+        timeout = 0.5 if deadline is None else max(0.0, min(0.5, deadline - time.monotonic()))
+        if stop.event.wait(timeout):
+            click.echo(f"{stop.signame}: stopping ...")
+            return 0  # a requested stop is a clean stop
+        if deadline is not None and time.monotonic() >= deadline:
+            click.echo(f"duration of {duration:g} s reached: stopping ...")
+            return 0
+        for child in children:
+            code = child.proc.poll()
+            if code is not None:
+                where = f" (see {child.log_path})" if child.log_path else ""
+                click.echo(f"{child.name} exited unexpectedly with code {code}{where}", err=True)
+                return 1
+
+
+def _print_banner(
+    nats_addr: str,
+    kafka_addr: str,
+    settings: Any,
+    data_root: Path,
+    streams: list[str],
+    children: list[Child],
+    *,
+    embedded: bool,
+    simulate: bool,
+    rate: float,
+    tenants: int,
+    seed: int,
+) -> None:
+    by_name = {c.name: c for c in children}
+    nats_note = "  (embedded)" if embedded and not settings.nats_url else ""
+    kafka_note = "  (embedded)" if embedded and not settings.kafka_bootstrap else ""
+    rows = [
+        ("NATS", nats_addr + nats_note),
+        ("Kafka", kafka_addr + kafka_note),
+        ("streams", ", ".join(streams)),
+        ("data dir", str(data_root)),
+    ]
+    if "worker" in by_name:
+        w = by_name["worker"]
+        rows += [
+            ("web", _web_url(settings.web_port)),
+            ("metrics", _web_url(settings.web_port) + "metrics"),
+            ("worker", f"pid {w.proc.pid}, log {w.log_path}"),
+        ]
+    else:
+        rows.append(("worker", "not started (--no-worker)"))
+    if simulate:
+        rate_text = "as fast as possible" if rate == 0 else f"{rate:g} events/s"
+        rows.append(("simulate", f"{tenants} tenants, {rate_text}, seed {seed}"))
+    click.echo("wo-stream is running")
+    for key, value in rows:
+        click.echo(f"  {key:<9} {value}")
+    click.echo("Press Ctrl-C to stop.")
+
+
+# --------------------------------------------------------------------------------------------
+# worker, bridge, provision
+
+
+@cli.command()
+@nats_url_option
+@kafka_option
+@click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path), default=None)
+@click.option("--web-port", type=int, default=None, help="Web server port [env WO_WEB_PORT].")
+@click.option("--loglevel", default="info", show_default=True)
+def worker(
+    nats_url: str | None,
+    kafka_bootstrap: str | None,
+    data_dir: Path | None,
+    web_port: int | None,
+    loglevel: str,
+) -> None:
+    """Run the Faust worker (agents, tables, web views) against the given servers.
+
+    Faust handles SIGTERM/SIGINT itself: it stops cleanly, committing offsets.
+    """
+    overrides = {
+        "WO_NATS_URL": nats_url,
+        "WO_KAFKA_BOOTSTRAP": kafka_bootstrap,
+        "WO_DATA_DIR": str(data_dir) if data_dir is not None else None,
+        "WO_WEB_PORT": str(web_port) if web_port is not None else None,
+    }
+    # Options go through the environment so that the process-wide app (get_app(), on which
+    # agent modules register) sees the same settings as this command.
+    os.environ.update({k: v for k, v in overrides.items() if v is not None})
+    from pipeline.app import get_app, run_worker
+    from pipeline.settings import get_settings
+
+    get_settings.cache_clear()
+    if not get_settings().kafka_bootstrap:
+        raise click.UsageError("worker needs --kafka-bootstrap or WO_KAFKA_BOOTSTRAP")
+    run_worker(get_app(), loglevel=loglevel)
+
+
+@cli.command()
+@nats_url_option
+@kafka_option
+def bridge(nats_url: str | None, kafka_bootstrap: str | None) -> None:
+    """Mirror NATS JetStream subjects into Kafka and derived events back (not implemented yet)."""
+    click.echo("wo-stream bridge: not implemented yet (issue 3: NATS <-> Kafka bridge).", err=True)
+    raise SystemExit(2)
+
+
+@cli.command()
+@nats_url_option
+def provision(nats_url: str | None) -> None:
+    """Create or update the JetStream streams (idempotent), then exit."""
+    settings = _settings(nats_url=nats_url)
+    if not settings.nats_url:
+        raise click.UsageError("provision needs --nats-url or WO_NATS_URL")
+    streams = _nats_call(_provision(settings.nats_url, settings), settings.nats_url)
+    click.echo(f"streams ready on {settings.nats_url}: {', '.join(streams)}")
+
+
+# --------------------------------------------------------------------------------------------
+# simulate
+
+
+def _parse_start(_ctx: click.Context, _param: click.Parameter, value: str | None) -> datetime:
+    from pipeline.simulate.generator import DEFAULT_START
+
+    if value is None:
+        return DEFAULT_START
+    try:
+        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError as exc:
+        raise click.BadParameter(f"not an ISO 8601 timestamp: {value}") from exc
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+
+
+@cli.command()
+@click.option("--tenants", type=click.IntRange(min=1), default=3, show_default=True)
+@click.option(
+    "--events",
+    type=click.IntRange(min=0),
+    default=1000,
+    show_default=True,
+    help="Number of events; 0 = endless.",
+)
+@click.option(
+    "--rate",
+    type=click.FloatRange(min=0),
+    default=100.0,
+    show_default=True,
+    help="Target events per second; 0 = as fast as possible.",
+)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option(
+    "--start",
+    callback=_parse_start,
+    default=None,
+    metavar="ISO",
+    help="Event time of the first event [default: 2026-03-02T08:00:00Z, fixed for replay].",
+)
+@click.option(
+    "--speed",
+    type=click.FloatRange(min=0, min_open=True),
+    default=60.0,
+    show_default=True,
+    metavar="SECONDS",
+    help="Mean simulated seconds between consecutive events (event-time speed).",
+)
+@nats_url_option
+@click.option(
+    "--dry-run",
+    is_flag=True,
+    help="Print the events as JSON lines to stdout instead of publishing (unpaced).",
+)
+@click.option("--progress/--no-progress", default=True, help="Show a progress bar.")
+@click.option(
+    "--report-every",
+    type=click.FloatRange(min=0),
+    default=0,
+    metavar="SECONDS",
+    help="Also print a status line this often (0 = never); for logs without a terminal.",
+)
+def simulate(
+    tenants: int,
+    events: int,
+    rate: float,
+    seed: int,
+    start: datetime,
+    speed: float,
+    nats_url: str | None,
+    dry_run: bool,
+    progress: bool,
+    report_every: float,
+) -> None:
+    """Publish seeded, reproducible work-order traffic to NATS JetStream.
+
+    The same --seed (with the same other options) yields a byte-identical event stream, event
+    ids included; republishing it adds nothing to the stream thanks to Nats-Msg-Id dedup.
+    """
+    from pipeline.simulate.generator import SimConfig, generate
+
+    config = SimConfig(
+        seed=seed, tenants=tenants, events=events or None, start=start, mean_gap_seconds=speed
+    )
+    if dry_run:
+        from pipeline.simulate.publisher import write_json_lines
+
+        try:
+            write_json_lines(generate(config), sys.stdout.buffer)
+        except BrokenPipeError:
+            # `simulate --dry-run --events 0 | head`: the reader is done, so are we. Point
+            # stdout at /dev/null so the interpreter's final flush does not complain.
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return
+    settings = _settings(nats_url=nats_url)
+    if not settings.nats_url:
+        raise click.UsageError("simulate needs --nats-url or WO_NATS_URL (or --dry-run)")
+    stats = _nats_call(
+        _publish_until_stopped(
+            generate(config),
+            settings,
+            total=config.events,
+            rate=rate,
+            progress=progress,
+            report_every=report_every,
+        ),
+        settings.nats_url,
+    )
+    click.echo(
+        f"published {stats.published} events ({stats.duplicates} duplicates dropped by "
+        f"JetStream) in {stats.seconds:.1f} s, {stats.rate:.0f} ev/s"
+    )
+
+
+async def _publish_until_stopped(events: Any, settings: Any, **kwargs: Any) -> Any:
+    """Publish, turning SIGINT/SIGTERM into a clean stop that still awaits in-flight acks."""
+    from pipeline.simulate.publisher import publish_events
+
+    loop = asyncio.get_running_loop()
+    stopping = asyncio.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stopping.set)
+    return await publish_events(
+        events,
+        settings.nats_url,
+        stop=stopping,
+        max_payload_bytes=settings.max_payload_bytes,
+        stream=settings.stream_name,
+        report=click.echo,
+        **kwargs,
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# schemas
+
+
+@cli.command()
+@click.option("--check", "do_check", is_flag=True, help="Fail if committed schemas differ.")
+@click.option("--write", "do_write", is_flag=True, help="Regenerate the committed schemas.")
+@click.option(
+    "--compat", "do_compat", is_flag=True, help="Check compatibility rules (catalog section 9)."
+)
+@click.option(
+    "--dir",
+    "schema_dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Schema directory [default: events/schemas].",
+)
+def schemas(do_check: bool, do_write: bool, do_compat: bool, schema_dir: Path | None) -> None:
+    """Check, regenerate or compatibility-check the event JSON Schemas (default: --check)."""
+    from events import versioning
+
+    if do_write and do_check:
+        raise click.UsageError("--write and --check are mutually exclusive")
+    if not (do_check or do_write or do_compat):
+        do_check = True
+    failed = False
+    if do_write:
+        written = versioning.write_schemas(schema_dir)
+        click.echo(f"wrote {len(written)} schema files")
+    if do_check:
+        problems = versioning.check_schemas(schema_dir)
+        for problem in problems:
+            click.echo(f"schema differs: {problem}", err=True)
+        if problems:
+            _echo_schema_diffs(versioning, schema_dir)
+        if problems:
+            click.echo(
+                f"{len(problems)} schema differences; run `wo-stream schemas --write` and "
+                "review the diff",
+                err=True,
+            )
+            failed = True
+        else:
+            click.echo("schemas match the models")
+    if do_compat:
+        violations = versioning.check_compatibility(schema_dir)
+        for violation in violations:
+            click.echo(f"incompatible: {violation}", err=True)
+        if violations:
+            failed = True
+        else:
+            click.echo("schema versions are compatible")
+    if failed:
+        raise SystemExit(1)
+
+
+def _echo_schema_diffs(versioning: Any, schema_dir: Path | None, max_lines: int = 60) -> None:
+    """Unified diffs, committed -> models, of the schema files whose text differs."""
+    import difflib
+
+    root = Path(schema_dir) if schema_dir is not None else versioning.SCHEMAS_DIR
+    for relative, text in versioning.generate_schemas().items():
+        path = root / relative
+        if not path.is_file():
+            continue
+        committed = path.read_text(encoding="utf-8")
+        if committed == text:
+            continue
+        diff = list(
+            difflib.unified_diff(
+                committed.splitlines(),
+                text.splitlines(),
+                f"committed/{relative}",
+                f"models/{relative}",
+                lineterm="",
+            )
+        )
+        for line in diff[:max_lines]:
+            click.echo(line, err=True)
+        if len(diff) > max_lines:
+            click.echo(f"... {len(diff) - max_lines} more diff lines", err=True)
+
+
+def main() -> None:
+    """Console-script entry point (`wo-stream`, `python pipeline.py`)."""
+    cli(prog_name="wo-stream")
+
+
+if __name__ == "__main__":
+    main()
