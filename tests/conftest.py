@@ -15,7 +15,11 @@ from pipeline.settings import Settings
 def _settings_for(stack: EmbeddedStack) -> Settings:
     # Explicit kwargs win over WO_* env, so every test sees the servers actually in use.
     return Settings(
-        nats_url=stack.nats_url, kafka_bootstrap=stack.kafka_bootstrap, data_dir=stack.data_dir
+        nats_url=stack.nats_url,
+        kafka_bootstrap=stack.kafka_bootstrap,
+        data_dir=stack.data_dir,
+        # Our own Tansu needs the ListOffsets-fixing transport; an external broker is Kafka.
+        kafka_transport="tansu" if stack.manages_kafka else "kafka",
     )
 
 
