@@ -308,3 +308,19 @@ class BackupVerificationResult(StrEnum):
 
     VERIFIED = "VERIFIED"
     FAILED = "FAILED"
+
+
+# --- Enums of wo-stream's own event types (issue 4, not in the catalog) ---------------------
+
+
+class SlaBreachType(StrEnum):
+    """Kind of SLA breach of ``work_order.sla_breached`` (wo-stream's derived type).
+
+    LATE_COMPLETION: completedAt is after scheduledEnd.
+    OVERDUE_OPEN: the work order is still open after its scheduledEnd (timer, once per order).
+    DURATION_OVERRUN: variancePercent exceeds the tenant's threshold (default 20 %).
+    """
+
+    LATE_COMPLETION = "LATE_COMPLETION"
+    OVERDUE_OPEN = "OVERDUE_OPEN"
+    DURATION_OVERRUN = "DURATION_OVERRUN"

@@ -105,6 +105,9 @@ NonNegativeFloat = Annotated[float, Field(ge=0)]
 Confidence = Annotated[float, Field(ge=0, le=1)]
 """A probability in [0, 1]."""
 
+Percent = Annotated[float, Field(ge=0, le=100)]
+"""A share in percent, in [0, 100] (e.g. a master work order's progress)."""
+
 # --- date-times -----------------------------------------------------------------------------
 
 _NAIVE_MESSAGE: Final = "must carry a UTC offset (Z or +hh:mm); naive date-times are rejected"

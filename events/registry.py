@@ -1,7 +1,8 @@
 """Registry of event types: (type, major) -> payload model, current version and catalog facts.
 
-Adding an event type is one payload model plus one ``EventSpec`` line in ``CATALOG``; adding a
-major version of an existing type is one more line with the new model and ``"2.0"``.
+Adding an event type is one payload model plus one ``EventSpec`` line (in ``CATALOG`` for the
+catalog's 23 types, in ``STREAM_TYPES`` for wo-stream's own); adding a major version of an
+existing type is one more line with the new model and ``"2.0"``. ``REGISTRY`` holds both.
 
 Per-type facts come from the catalog's tables where it states them; where it is silent we
 chose (marked "ours" below) with this rule: everything that creates or changes a record, an
@@ -32,14 +33,18 @@ from events.payloads import (
     ApprovalRequested,
     AuditTrailIntegrityCheck,
     BackupCompleted,
+    CapaAssessmentRequired,
     CertificationExpiring,
+    CertificationRecorded,
     CircuitBreakerStateChanged,
     ComplianceViolationDetected,
     FeatureFlagChanged,
+    MasterProgressUpdated,
     Payload,
     PHIDetected,
     ResourceAssigned,
     SignatureVerified,
+    SlaBreached,
     TenantProvisioned,
     ToolCalibrationDue,
     WorkOrderBlocked,
@@ -208,9 +213,31 @@ CATALOG: tuple[EventSpec, ...] = (
     EventSpec("system.feature_flag_changed", "1.0", FeatureFlagChanged, L2, False, True),
     EventSpec("system.backup_completed", "1.0", BackupCompleted, L1, True, True),
 )
+
+# wo-stream's own types (issue 4), not in the catalog; same columns. The input type is a GMP
+# qualification record (regulatory, audited, like certification_expiring). Derived types:
+# master progress is a projection of already-audited child events carrying only ids and
+# counts (L2, not audited); an SLA breach is a schedule-compliance record (audited; L3 when its
+# cause is regulatory); a CAPA assessment request is quality-system evidence (§4.1) carrying ids
+# and the violated requirement but no free text: L3, regulatory, audited.
+STREAM_TYPES: tuple[EventSpec, ...] = (
+    EventSpec("resource.certification_recorded", "1.0", CertificationRecorded, L2, True, True),
+    EventSpec("work_order.master_progress_updated", "1.0", MasterProgressUpdated, L2, False, False),
+    EventSpec("work_order.sla_breached", "1.0", SlaBreached, L2, False, True, L3),
+    EventSpec("compliance.capa_assessment_required", "1.0", CapaAssessmentRequired, L3, True, True),
+)
 # fmt: on
 
-REGISTRY = EventRegistry(CATALOG)
+DERIVED_TYPES: frozenset[str] = frozenset(
+    {
+        "work_order.master_progress_updated",
+        "work_order.sla_breached",
+        "compliance.capa_assessment_required",
+    }
+)
+"""Types only wo-stream emits (to ``wo.derived``); producers never publish them."""
+
+REGISTRY = EventRegistry((*CATALOG, *STREAM_TYPES))
 
 
 def __getattr__(name: str) -> type[DomainEvent]:

@@ -70,6 +70,7 @@ _PRIMITIVES: list[tuple[Any, st.SearchStrategy[Any]]] = [
     (p.PositiveInt, st.integers(min_value=1, max_value=p.MAX_SAFE_INT)),
     (p.NonNegativeFloat, st.floats(min_value=0, max_value=1e15, allow_nan=False)),
     (p.Confidence, st.floats(min_value=0, max_value=1)),
+    (p.Percent, st.floats(min_value=0, max_value=100)),
     (p.SourceName, st.from_regex(r"[a-z][a-z0-9-]{0,20}", fullmatch=True)),
     (JsonValue, _json_values),
 ]

@@ -1,4 +1,4 @@
-"""The registry: the catalog's 23 types with their facts, and extension by new types and majors."""
+"""The registry: the catalog's 23 types, wo-stream's 4 own types, extension by new types/majors."""
 
 from __future__ import annotations
 
@@ -9,7 +9,9 @@ import pytest
 
 from events import (
     CATALOG,
+    DERIVED_TYPES,
     REGISTRY,
+    STREAM_TYPES,
     DataClassification,
     DomainEvent,
     EventRegistry,
@@ -59,10 +61,31 @@ EXPECTED = {
 }
 
 
-def test_registry_holds_exactly_the_catalog_types() -> None:
-    assert set(event_types()) == set(EXPECTED)
-    assert len(REGISTRY) == 23
-    for event_type, (model_name, domain) in EXPECTED.items():
+# wo-stream's own types (issue 4): one input, three derived; not part of the catalog.
+STREAM_EXPECTED = {
+    "resource.certification_recorded": ("CertificationRecorded", "resource"),
+    "work_order.master_progress_updated": ("MasterProgressUpdated", "workorder"),
+    "work_order.sla_breached": ("SlaBreached", "workorder"),
+    "compliance.capa_assessment_required": ("CapaAssessmentRequired", "compliance"),
+}
+
+
+def test_catalog_holds_exactly_the_23_catalog_types() -> None:
+    assert len(CATALOG) == 23
+    assert {spec.event_type for spec in CATALOG} == set(EXPECTED)
+
+
+def test_stream_types_are_ours_and_disjoint_from_the_catalog() -> None:
+    assert {spec.event_type for spec in STREAM_TYPES} == set(STREAM_EXPECTED)
+    assert not set(STREAM_EXPECTED) & set(EXPECTED)
+    assert set(STREAM_EXPECTED) - DERIVED_TYPES == {"resource.certification_recorded"}
+    assert DERIVED_TYPES <= set(STREAM_EXPECTED)
+
+
+def test_registry_holds_exactly_the_catalog_and_stream_types() -> None:
+    assert set(event_types()) == set(EXPECTED) | set(STREAM_EXPECTED)
+    assert len(REGISTRY) == 23 + 4
+    for event_type, (model_name, domain) in {**EXPECTED, **STREAM_EXPECTED}.items():
         spec = REGISTRY.get(event_type)
         assert payload_model(event_type).__name__ == model_name
         assert envelope_model(event_type).__name__ == f"{model_name}Event"
@@ -82,7 +105,26 @@ def test_catalog_stated_facts() -> None:
     assert violation.classification is DataClassification.L4
     assert violation.audit_required and violation.regulatory
     # Every regulatory-by-default type is audited.
-    assert all(spec.audit_required for spec in CATALOG if spec.regulatory)
+    assert all(spec.audit_required for spec in (*CATALOG, *STREAM_TYPES) if spec.regulatory)
+
+
+def test_stream_type_facts() -> None:
+    recorded = REGISTRY.get("resource.certification_recorded")
+    assert (recorded.classification, recorded.regulatory, recorded.audit_required) == (
+        DataClassification.L2,
+        True,
+        True,
+    )
+    progress = REGISTRY.get("work_order.master_progress_updated")
+    assert not progress.audit_required
+    assert progress.classification_for(True) is DataClassification.L2
+    breach = REGISTRY.get("work_order.sla_breached")
+    assert breach.audit_required
+    assert breach.classification_for(False) is DataClassification.L2
+    assert breach.classification_for(True) is DataClassification.L3
+    capa = REGISTRY.get("compliance.capa_assessment_required")
+    assert capa.audit_required and capa.regulatory
+    assert capa.classification is DataClassification.L3
 
 
 def test_unknown_lookups() -> None:
@@ -108,12 +150,12 @@ def test_duplicate_and_malformed_registrations_are_refused() -> None:
 # --- extension: one model + one registry line -----------------------------------------------
 
 
-class CertificationRecorded(Payload):
-    """resource.certification_recorded (added by a later issue)."""
+class TrainingCompleted(Payload):
+    """resource.training_completed (a hypothetical later type, not registered)."""
 
     personId: OpaqueId
     experienceId: OpaqueId
-    expirationDate: UtcDateTime
+    completedAt: UtcDateTime
     workOrderId: Uuid | None
 
 
@@ -122,9 +164,9 @@ def _extended() -> EventRegistry:
         [
             *CATALOG,
             EventSpec(
-                "resource.certification_recorded",
+                "resource.training_completed",
                 "1.0",
-                CertificationRecorded,
+                TrainingCompleted,
                 DataClassification.L2,
                 True,
                 True,
@@ -138,21 +180,21 @@ def test_a_new_type_is_one_model_and_one_line(tmp_path: Path) -> None:
     data = {
         "personId": "usr_tech_0456",
         "experienceId": "cert-2026-0456",
-        "expirationDate": "2027-03-01T00:00:00Z",
+        "completedAt": "2026-03-01T00:00:00Z",
         "workOrderId": None,
     }
     event = make_event(
-        "resource.certification_recorded", data, tenant_id="tenant_abc", registry=registry
+        "resource.training_completed", data, tenant_id="tenant_abc", registry=registry
     )
     assert event.metadata.regulatory and event.metadata.auditRequired
     raw = event.canonical_bytes()
     assert parse_event(raw, registry=registry) == event
     unknown = parse_event(raw)
     assert isinstance(unknown, ParseError) and unknown.reason is ParseReason.UNKNOWN_TYPE
-    assert subject_for("tenant_abc", event.type) == "wo.tenant_abc.resource.certification_recorded"
+    assert subject_for("tenant_abc", event.type) == "wo.tenant_abc.resource.training_completed"
     written = write_schemas(tmp_path, registry=registry)
-    assert len(written) == 24
-    assert (tmp_path / "resource.certification_recorded" / "1.0.json").is_file()
+    assert len(written) == len(CATALOG) + 1
+    assert (tmp_path / "resource.training_completed" / "1.0.json").is_file()
 
 
 class WorkOrderClosedV2(Payload):

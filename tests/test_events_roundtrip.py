@@ -1,4 +1,4 @@
-"""Catalog-shaped samples of all 23 event types: bytes -> model -> canonical bytes, and back."""
+"""Catalog-shaped samples of all 27 event types (23 catalog + 4 wo-stream): bytes <-> canonical."""
 
 from __future__ import annotations
 
@@ -10,7 +10,15 @@ from typing import Any
 import orjson
 import pytest
 
-from events import REGISTRY, DomainEvent, ParseError, canonical_bytes, parse_event
+from events import (
+    CATALOG,
+    REGISTRY,
+    STREAM_TYPES,
+    DomainEvent,
+    ParseError,
+    canonical_bytes,
+    parse_event,
+)
 
 SAMPLES = Path(__file__).parent / "samples"
 SAMPLE_FILES = sorted(SAMPLES.glob("*.json"))
@@ -28,7 +36,7 @@ def _parse_ok(raw: bytes) -> DomainEvent:
 
 def test_one_sample_per_registered_type() -> None:
     assert {p.stem for p in SAMPLE_FILES} == set(REGISTRY.event_types())
-    assert len(SAMPLE_FILES) == 23
+    assert len(SAMPLE_FILES) == len(CATALOG) + len(STREAM_TYPES) == 23 + 4
 
 
 @pytest.mark.parametrize("path", SAMPLE_FILES, ids=lambda p: p.stem)

@@ -258,7 +258,7 @@ def test_breaking_file_in_history_is_reported(schemas_copy: Path) -> None:
 
 
 def test_a_new_type_has_no_previous_schema(schemas_copy: Path) -> None:
-    new_type = schemas_copy / "resource.certification_recorded"
+    new_type = schemas_copy / "resource.training_completed"
     new_type.mkdir()
     (new_type / "1.0.json").write_text(json.dumps(_schema(V1_0)), encoding="utf-8")
     assert check_compatibility(schemas_copy) == []

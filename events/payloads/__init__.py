@@ -1,5 +1,9 @@
 """Typed payloads (``data``) of the 23 catalog event types, one module per domain (§2-§7).
 
+wo-stream adds four types of its own (issue 4), in the module of their domain:
+resource.certification_recorded (input), work_order.master_progress_updated,
+work_order.sla_breached and compliance.capa_assessment_required (derived).
+
 Field names are exactly the catalog's camelCase names; every field is required (the catalog
 has no optional members), ``T | null`` fields accept JSON null. Rules shared by all payloads:
 
@@ -48,15 +52,23 @@ from events.payloads.base import Payload
 from events.payloads.compliance import (
     AuditTrailIntegrityCheck,
     BrokenLink,
+    CapaAssessmentRequired,
     ComplianceViolationDetected,
     PHIDetected,
     SignatureVerified,
 )
-from events.payloads.resource import CertificationExpiring, ResourceAssigned, ToolCalibrationDue
+from events.payloads.resource import (
+    CertificationExpiring,
+    CertificationRecorded,
+    ResourceAssigned,
+    ToolCalibrationDue,
+)
 from events.payloads.system import BackupCompleted, FeatureFlagChanged, TenantProvisioned
 from events.payloads.workorder import (
     ComplianceSummary,
     FieldChange,
+    MasterProgressUpdated,
+    SlaBreached,
     WorkOrderBlocked,
     WorkOrderClosed,
     WorkOrderCompleted,
@@ -75,16 +87,20 @@ __all__ = [
     "AuditTrailIntegrityCheck",
     "BackupCompleted",
     "BrokenLink",
+    "CapaAssessmentRequired",
     "CertificationExpiring",
+    "CertificationRecorded",
     "CircuitBreakerStateChanged",
     "ComplianceSummary",
     "ComplianceViolationDetected",
     "FeatureFlagChanged",
     "FieldChange",
+    "MasterProgressUpdated",
     "PHIDetected",
     "Payload",
     "ResourceAssigned",
     "SignatureVerified",
+    "SlaBreached",
     "TenantProvisioned",
     "ToolCalibrationDue",
     "WorkOrderBlocked",

@@ -1,4 +1,4 @@
-"""Compliance payloads (catalog §4): violations, audit-trail integrity, signatures, PHI."""
+"""Compliance payloads (catalog §4) and wo-stream's derived capa_assessment_required."""
 
 from __future__ import annotations
 
@@ -70,3 +70,16 @@ class PHIDetected(Payload):
     confidence: Confidence
     phiType: Lax[PHIType]
     action: Lax[PHIAction]
+
+
+# --- wo-stream's derived type (issue 4, not in the catalog) -----------------------------------
+
+
+class CapaAssessmentRequired(Payload):
+    """compliance.capa_assessment_required (wo-stream): a violation of severity >= HIGH (§4.1)."""
+
+    violationId: Uuid
+    workOrderId: Uuid | None
+    regulation: Lax[Regulation]
+    requirement: NonEmptyText
+    severity: Lax[Severity]

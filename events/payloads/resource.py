@@ -1,4 +1,4 @@
-"""Resource payloads (catalog §6): assigned, certification_expiring, tool_calibration_due."""
+"""Resource payloads (catalog §6) and wo-stream's input type certification_recorded."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from pydantic import Field
 
 from events.enums import ResourceRole, ResourceType
 from events.payloads.base import Payload
-from events.primitives import Lax, OpaqueId, SignedInt, UtcDateTime, Uuid
+from events.primitives import Lax, NonEmptyText, OpaqueId, SignedInt, UtcDateTime, Uuid
 
 
 class ResourceAssigned(Payload):
@@ -38,3 +38,19 @@ class ToolCalibrationDue(Payload):
     daysUntilDue: SignedInt = Field(description="Negative when calibration is overdue")
     affectedWorkOrders: list[Uuid]
     autoGenerateWO: bool
+
+
+# --- wo-stream's input type (issue 4, not in the catalog) -------------------------------------
+
+
+class CertificationRecorded(Payload):
+    """resource.certification_recorded (wo-stream input): a person holds a certification.
+
+    ``experienceId`` identifies the training record; a later event with the same id and a new
+    expirationDate is a renewal.
+    """
+
+    personId: OpaqueId
+    experienceId: OpaqueId
+    certification: NonEmptyText = Field(description="Name of the certification")
+    expirationDate: UtcDateTime

@@ -1,11 +1,11 @@
-"""Work-order payloads (§2): created, status_changed, updated, blocked, completed, closed."""
+"""Work-order payloads (§2) and wo-stream's derived master_progress_updated and sla_breached."""
 
 from __future__ import annotations
 
 from pydantic import Field, JsonValue
 
 from events.base import ContractModel
-from events.enums import Priority, WorkOrderStatus, WorkOrderType
+from events.enums import Priority, SlaBreachType, WorkOrderStatus, WorkOrderType
 from events.payloads.base import Payload
 from events.primitives import (
     Count,
@@ -13,6 +13,7 @@ from events.primitives import (
     NonEmptyText,
     NonNegativeFloat,
     OpaqueId,
+    Percent,
     PositiveInt,
     UtcDateTime,
     Uuid,
@@ -103,3 +104,32 @@ class WorkOrderClosed(Payload):
     approvalCount: Count
     linkedWOCount: Count
     complianceSummary: ComplianceSummary
+
+
+# --- wo-stream's derived types (issue 4, not in the catalog) ---------------------------------
+
+
+class MasterProgressUpdated(Payload):
+    """work_order.master_progress_updated (wo-stream): a child of a master work order changed.
+
+    Progress counts a master's linked children (children link through ``created.masterId``).
+    """
+
+    masterId: Uuid
+    totalChildren: Count
+    completedChildren: Count = Field(description="Children that are COMPLETED or CLOSED")
+    blockedChildren: Count
+    inProgressChildren: Count
+    progressPercent: Percent = Field(description="completedChildren / totalChildren * 100")
+    lastChangedChildId: Uuid
+
+
+class SlaBreached(Payload):
+    """work_order.sla_breached (wo-stream): a work order missed its schedule or estimate."""
+
+    workOrderId: Uuid
+    masterId: Uuid | None
+    breachType: Lax[SlaBreachType]
+    scheduledEnd: UtcDateTime | None = Field(description="null when the order has no schedule")
+    completedAt: UtcDateTime | None = Field(description="null for OVERDUE_OPEN")
+    variancePercent: float | None = Field(description="null for OVERDUE_OPEN")
