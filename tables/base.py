@@ -1,0 +1,156 @@
+"""The uniform reducer shape: table keys, tenant guard, Result, forwarded facts, state models."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any, Generic, Self, TypeVar
+
+from pydantic import BaseModel, ConfigDict
+
+from events.enums import EventSource
+from events.envelope import DomainEvent
+from tables.dedup import SeenIds
+
+OWN_SOURCE = EventSource.WO_STREAM.value
+
+Stamp = tuple[datetime, str]
+"""Order of two facts about one entity: (event time, event id); ids break timestamp ties."""
+
+
+class TenantMismatchError(ValueError):
+    """A reducer was handed an event, fact or state of another tenant than its table key."""
+
+
+def make_key(tenant: str, entity: str | None = None) -> str:
+    """Table key ``{tenant}:{entity}``, or ``{tenant}`` for per-tenant tables.
+
+    A tenant id is one ``[A-Za-z0-9_-]`` token, so it never contains ``:`` and keys of two
+    tenants can never collide (same rule as ``events.keys``).
+    """
+    return tenant if entity is None else f"{tenant}:{entity}"
+
+
+def split_key(key: str) -> tuple[str, str | None]:
+    tenant, sep, entity = key.partition(":")
+    return tenant, (entity if sep else None)
+
+
+def check_tenant(key: str, tenant: str, state: TableState | None = None) -> None:
+    """Refuse to mix tenants: the key's tenant must be the event's and the state's."""
+    key_tenant, _ = split_key(key)
+    if tenant != key_tenant:
+        raise TenantMismatchError(f"event of tenant {tenant!r} handed to key of {key_tenant!r}")
+    if state is not None and state.tenant != key_tenant:
+        raise TenantMismatchError(f"state of tenant {state.tenant!r} under key of {key_tenant!r}")
+
+
+def is_own(event: DomainEvent) -> bool:
+    """An event wo-stream derived itself: rules never derive from these (no feedback loops)."""
+    return event.source == OWN_SOURCE
+
+
+def stamp_of(event: DomainEvent) -> Stamp:
+    return (event.timestamp, event.id)
+
+
+def newer(stamp: Stamp, than: Stamp | None) -> bool:
+    return than is None or stamp > than
+
+
+class TableState(BaseModel):
+    """Base of every table value: plain JSON data, validated back on load.
+
+    ``extra="ignore"`` lets a newer deployment drop a field without failing to read older
+    changelog records; reducers never mutate a state they are given (they copy first).
+    """
+
+    model_config = ConfigDict(extra="ignore", validate_assignment=False)
+
+    tenant: str
+    seen: SeenIds = SeenIds()
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-compatible value for the Faust table (RocksDB + changelog)."""
+        return self.model_dump(mode="json", exclude_defaults=True)
+
+    @classmethod
+    def from_dict(cls, value: dict[str, Any]) -> Self:
+        return cls.model_validate(value)
+
+
+class Fact(BaseModel):
+    """A fact one stage forwards to another stage's key (a repartition), e.g. child -> master.
+
+    ``id`` is the dedup id at the receiving stage (derived from the causing event id) and ``at``
+    the causing event's time (what windows count by).
+    """
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    id: str
+    tenant: str
+    at: datetime
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.model_dump(mode="json")
+
+    @classmethod
+    def from_dict(cls, value: dict[str, Any]) -> Self:
+        return cls.model_validate(value)
+
+
+@dataclass(frozen=True, slots=True)
+class Forward:
+    """Send ``fact`` to table ``stage`` under ``key`` (the Faust layer repartitions it)."""
+
+    stage: str
+    key: str
+    fact: Fact
+
+
+S = TypeVar("S", bound=TableState)
+
+
+@dataclass(frozen=True, slots=True)
+class Result(Generic[S]):
+    """Outcome of one apply or tick.
+
+    * ``state``: the new table value (the input object itself when nothing changed).
+    * ``derived``: full envelopes for ``wo.derived``.
+    * ``forwards``: facts for other tables (repartitioned by key).
+    * ``duplicate``: the event id was already applied; dropped (metric).
+    * ``late``: the event is older than a window's retention; not counted there (metric).
+    * ``expired``: pending checks given up because their answer never came (metric).
+    """
+
+    state: S
+    derived: tuple[DomainEvent, ...] = ()
+    forwards: tuple[Forward, ...] = ()
+    duplicate: bool = False
+    late: bool = False
+    expired: int = 0
+
+
+def admit(
+    state: S | None,
+    fresh: S,
+    key: str,
+    tenant: str,
+    item_id: str,
+    now: datetime,
+    horizon: timedelta,
+) -> tuple[S, bool]:
+    """Common prologue of every apply: tenant guard, dedup, copy-on-write.
+
+    Returns the state to work on and whether the item is a duplicate. For a duplicate the state
+    is the one given, untouched; otherwise it is a deep copy (the caller's object is never
+    mutated) that already remembers ``item_id``.
+    """
+    check_tenant(key, tenant, state)
+    current = fresh if state is None else state
+    if item_id in current.seen:
+        return current, True
+    work = current.model_copy(deep=True)
+    work.seen = current.seen.remember(item_id, now, horizon)
+    return work, False

@@ -1,0 +1,188 @@
+"""Compliance aggregates per tenant (1 d event-time windows) and compliance summary per work order.
+
+Table ``compliance_windows``, key ``{tenant}:{UTC day start ms}`` (one shard per tenant and
+day, ``tables.windows``; inputs repartitioned to it): ``apply_aggregate`` counts, per tumbling
+window (default 1 d, retained 30 d):
+violations by regulation and by severity, signature verifications by result, PHI detections by
+action and approval escalations by reason. Event time is the envelope timestamp. Violations are
+counted whatever their source, so the Faust layer feeds this table from ``wo.derived`` as well:
+counting derives nothing, so that is no feedback loop, and dedup by id absorbs a violation that
+also comes back through the NATS mirror. Late events are reported, not counted.
+
+Table ``wo_compliance``, key ``{tenant}:{workOrderId}`` (approvals repartitioned from their
+approvalId key): ``apply_summary`` keeps what the pipeline observed for the work order, in the
+shape of ``work_order.closed.complianceSummary``: auditEntries = distinct events about the
+order with metadata.auditRequired (the closed event itself excluded), signatures = distinct
+signatureIds (decisions and verifications), deviations = distinct violationIds, capaRequired =
+any violation of severity >= HIGH. On ``work_order.closed`` the reported summary is compared
+with it; a difference derives a MEDIUM §11.10(e) violation (``policy.summary_mismatch``). This
+table is fed from ``wo.derived`` too (the pipeline's own violations are deviations it observed).
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Final
+
+from pydantic import BaseModel, ConfigDict
+
+from events.envelope import DomainEvent
+from events.ids import unix_ms
+from events.payloads.workorder import ComplianceSummary
+from tables import policy
+from tables.base import Result, TableState, admit, is_own, make_key, split_key
+from tables.config import DEFAULT_CONFIG, TenantConfig
+from tables.derive import Cause
+from tables.windows import WindowSpec, shard_key, shard_spec
+
+AGGREGATE_STAGE = "compliance_windows"
+SUMMARY_STAGE = "wo_compliance"
+AGGREGATE_INPUTS: Final = frozenset(
+    {
+        "compliance.violation_detected",
+        "compliance.signature_verified",
+        "compliance.phi_detected",
+        "approval.escalated",
+    }
+)
+CLOSED = "work_order.closed"
+
+
+class ComplianceAggregate(BaseModel):
+    """Counts of one window; ``count`` is the number of events counted in it."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    count: int = 0
+    violationsByRegulation: dict[str, int] = {}
+    violationsBySeverity: dict[str, int] = {}
+    signaturesByResult: dict[str, int] = {}
+    phiByAction: dict[str, int] = {}
+    escalationsByReason: dict[str, int] = {}
+
+
+class ComplianceWindows(TableState):
+    """One shard (a tenant's UTC day) of compliance windows, by name ("1d") and start (ms)."""
+
+    start: int = 0  # shard start, epoch ms
+    windows: dict[str, dict[int, ComplianceAggregate]] = {}
+
+    def window(self, name: str, at: datetime, specs: tuple[WindowSpec, ...]) -> ComplianceAggregate:
+        spec = next(s for s in specs if s.name == name)
+        return self.windows.get(name, {}).get(spec.start_of(unix_ms(at)), ComplianceAggregate())
+
+
+class WorkOrderCompliance(TableState):
+    """What the pipeline observed for one work order (see the module docstring)."""
+
+    workOrderId: str
+    auditEntries: int = 0
+    signatures: list[str] = []
+    violations: list[str] = []
+    capaRequired: bool = False
+
+    def summary(self) -> ComplianceSummary:
+        return ComplianceSummary(
+            auditEntries=self.auditEntries,
+            signatures=len(self.signatures),
+            deviations=len(self.violations),
+            capaRequired=self.capaRequired,
+        )
+
+
+def route_aggregate(event: DomainEvent, config: TenantConfig = DEFAULT_CONFIG) -> list[str]:
+    if event.type not in AGGREGATE_INPUTS:
+        return []
+    return [shard_key(event.tenantId, event.timestamp, config.compliance_windows)]
+
+
+def route_summary(event: DomainEvent, config: TenantConfig = DEFAULT_CONFIG) -> list[str]:
+    wo = policy.work_order_of(event)
+    return [] if wo is None else [make_key(event.tenantId, wo)]
+
+
+def apply_aggregate(
+    state: ComplianceWindows | None,
+    event: DomainEvent,
+    now: datetime,
+    *,
+    key: str,
+    config: TenantConfig = DEFAULT_CONFIG,
+) -> Result[ComplianceWindows]:
+    """Count one compliance event in every window of its shard; report it if late."""
+    start = shard_spec(config.compliance_windows).start_of(unix_ms(event.timestamp))
+    fresh = ComplianceWindows(tenant=event.tenantId, start=start)
+    st, duplicate = admit(state, fresh, key, event.tenantId, event.id, now, config.dedup_horizon)
+    if duplicate:
+        return Result(st, duplicate=True)
+    if event.type not in AGGREGATE_INPUTS:
+        return Result(st)
+    if st.start != start:
+        raise ValueError(f"event at {event.timestamp.isoformat()} routed to shard {key!r}")
+    at_ms, late = unix_ms(event.timestamp), False
+    for spec in config.compliance_windows:
+        if spec.is_late(at_ms, now):
+            late = True
+            continue
+        windows = st.windows.setdefault(spec.name, {})
+        window = spec.start_of(at_ms)
+        windows[window] = _count(windows.get(window, ComplianceAggregate()), event)
+    return Result(st, late=late)
+
+
+def _count(agg: ComplianceAggregate, event: DomainEvent) -> ComplianceAggregate:
+    out = agg.model_copy(deep=True)
+    out.count += 1
+    data = event.data
+    if event.type == "compliance.violation_detected":
+        _inc(out.violationsByRegulation, str(data.regulation))
+        _inc(out.violationsBySeverity, str(data.severity))
+    elif event.type == "compliance.signature_verified":
+        _inc(out.signaturesByResult, str(data.verificationResult))
+    elif event.type == "compliance.phi_detected":
+        _inc(out.phiByAction, str(data.action))
+    elif event.type == "approval.escalated":
+        _inc(out.escalationsByReason, str(data.reason))
+    return out
+
+
+def _inc(counter: dict[str, int], name: str) -> None:
+    counter[name] = counter.get(name, 0) + 1
+
+
+def apply_summary(
+    state: WorkOrderCompliance | None,
+    event: DomainEvent,
+    now: datetime,
+    *,
+    key: str,
+    config: TenantConfig = DEFAULT_CONFIG,
+) -> Result[WorkOrderCompliance]:
+    """Observe one event about the work order; check the summary when it is closed."""
+    _, wo = split_key(key)
+    fresh = WorkOrderCompliance(tenant=event.tenantId, workOrderId=wo or "")
+    st, duplicate = admit(state, fresh, key, event.tenantId, event.id, now, config.dedup_horizon)
+    if duplicate:
+        return Result(st, duplicate=True)
+    if policy.work_order_of(event) != st.workOrderId:
+        return Result(st)
+
+    derived: list[DomainEvent] = []
+    data = event.data
+    if event.type == CLOSED:
+        if not is_own(event):
+            found = policy.summary_mismatch(data.complianceSummary, st.summary())
+            if found is not None:
+                cause = Cause.of(event)
+                derived += policy.emit(cause, st.workOrderId, found, key=f"{wo}:summary")
+    elif event.metadata.auditRequired:
+        st.auditEntries += 1
+    signature = getattr(data, "signatureId", None)
+    if event.type in ("approval.decision_submitted", "compliance.signature_verified"):
+        if signature is not None and signature not in st.signatures:
+            st.signatures.append(signature)
+    if event.type == "compliance.violation_detected":
+        if data.violationId not in st.violations:
+            st.violations.append(data.violationId)
+        st.capaRequired = st.capaRequired or policy.needs_capa(data.severity)
+    return Result(st, derived=tuple(derived))

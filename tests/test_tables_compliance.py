@@ -1,0 +1,214 @@
+"""Compliance aggregates per tenant (1 d windows) and the per-work-order compliance summary."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from events import DomainEvent
+from events.ids import unix_ms
+from tables import compliance
+from tables.base import make_key
+from tables.config import TenantConfig
+from tables.windows import shard_key
+from tests.tables_testkit import (
+    T0,
+    TENANT,
+    closed,
+    created,
+    days,
+    decision,
+    escalated,
+    hours,
+    phi,
+    signature_verified,
+    status_changed,
+    uid,
+    violation,
+)
+
+CONFIG = TenantConfig()
+DAY = CONFIG.compliance_windows[0]
+
+
+class Aggregates:
+    def __init__(self) -> None:
+        self.shards: dict[str, compliance.ComplianceWindows] = {}
+
+    def feed(self, event: DomainEvent, now: datetime) -> bool:
+        late = False
+        for key in compliance.route_aggregate(event, CONFIG):
+            result = compliance.apply_aggregate(
+                self.shards.get(key), event, now, key=key, config=CONFIG
+            )
+            self.shards[key] = result.state
+            late = late or result.late
+        return late
+
+    def window(self, at: datetime) -> compliance.ComplianceAggregate:
+        shard = self.shards.get(shard_key(TENANT, at, CONFIG.compliance_windows))
+        if shard is None:
+            return compliance.ComplianceAggregate()
+        return shard.window("1d", at, CONFIG.compliance_windows)
+
+
+def test_daily_counts_by_regulation_severity_result_action_and_reason() -> None:
+    wo = uid()
+    events = [
+        violation(wo, "HIGH", at=T0),
+        violation(wo, "LOW", at=T0 + hours(1), regulation="HIPAA"),
+        violation(None, "HIGH", at=T0 + hours(2)),
+        signature_verified(wo, "VALID", at=T0),
+        signature_verified(wo, "INVALID", at=T0),
+        phi("BLOCKED", at=T0),
+        phi("FLAGGED_FOR_REVIEW", at=T0),
+        escalated(wo, "OVERDUE", at=T0),
+        escalated(wo, "OVERDUE", at=T0 + days(1)),  # next day
+        created(wo, at=T0),  # not an aggregate input
+    ]
+    agg = Aggregates()
+    for event in events:
+        agg.feed(event, T0 + days(2))
+    today = agg.window(T0)
+    assert today.count == 8
+    assert today.violationsByRegulation == {"FDA_21_CFR_11": 2, "HIPAA": 1}
+    assert today.violationsBySeverity == {"HIGH": 2, "LOW": 1}
+    assert today.signaturesByResult == {"VALID": 1, "INVALID": 1}
+    assert today.phiByAction == {"BLOCKED": 1, "FLAGGED_FOR_REVIEW": 1}
+    assert today.escalationsByReason == {"OVERDUE": 1}
+    assert agg.window(T0 + days(1)).count == 1
+    assert len(agg.shards) == 2  # one shard per tenant and UTC day
+    for shard in agg.shards.values():
+        assert compliance.ComplianceWindows.from_dict(shard.to_dict()) == shard
+
+
+def test_late_compliance_event_is_reported() -> None:
+    agg = Aggregates()
+    assert agg.feed(violation(None, "LOW", at=T0), T0 + days(31))
+    assert agg.window(T0).count == 0
+
+
+@settings(max_examples=80, deadline=None)
+@given(
+    st.lists(
+        st.tuples(
+            st.integers(0, 40 * 24),  # hour after T0
+            st.sampled_from(["violation", "signature", "phi", "escalation"]),
+            st.integers(0, 3),  # redeliveries
+        ),
+        min_size=1,
+        max_size=40,
+    )
+)
+def test_window_sums_equal_the_number_of_events_in_the_window(
+    items: list[tuple[int, str, int]],
+) -> None:
+    wo = uid()
+    make = {
+        "violation": lambda at: violation(wo, "MEDIUM", at=at),
+        "signature": lambda at: signature_verified(wo, "VALID", at=at),
+        "phi": lambda at: phi("BLOCKED", at=at),
+        "escalation": lambda at: escalated(wo, "DELEGATION", at=at),
+    }
+    agg = Aggregates()
+    counted: list[DomainEvent] = []
+    now = T0 + days(33)  # the first days are beyond retention
+    for hour, kind, redeliveries in items:
+        event = make[kind](T0 + timedelta(hours=hour))
+        late = agg.feed(event, now)
+        assert late == DAY.is_late(unix_ms(event.timestamp), now)
+        if not late:
+            counted.append(event)
+        for _ in range(redeliveries):
+            before = dict(agg.shards)
+            assert not agg.feed(event, now) or late
+            assert agg.shards == before
+    retained = [
+        (s, a) for shard in agg.shards.values() for s, a in shard.windows.get("1d", {}).items()
+    ]
+    for start, window in retained:
+        inside = [e for e in counted if DAY.start_of(unix_ms(e.timestamp)) == start]
+        assert window.count == len(inside)
+        sums = (
+            sum(window.violationsBySeverity.values())
+            + sum(window.signaturesByResult.values())
+            + sum(window.phiByAction.values())
+            + sum(window.escalationsByReason.values())
+        )
+        assert sums == window.count
+        assert sum(window.violationsByRegulation.values()) == sum(
+            window.violationsBySeverity.values()
+        )
+    assert sum(w.count for _, w in retained) == len(counted)
+
+
+# --- summary ----------------------------------------------------------------------------------
+
+
+class Summary:
+    def __init__(self) -> None:
+        self.states: dict[str, compliance.WorkOrderCompliance] = {}
+
+    def feed(self, event: DomainEvent) -> list[DomainEvent]:
+        out: list[DomainEvent] = []
+        for key in compliance.route_summary(event):
+            result = compliance.apply_summary(
+                self.states.get(key), event, event.timestamp, key=key, config=CONFIG
+            )
+            self.states[key] = result.state
+            out += result.derived
+        return out
+
+
+def _history(wo: str) -> list[DomainEvent]:
+    signature = uid()
+    return [
+        created(wo, regulatory=True, at=T0),  # audited
+        status_changed(wo, "IN_PROGRESS", at=T0 + hours(1)),  # audited
+        decision(wo, at=T0 + hours(2), signature=signature),  # audited, signature 1
+        signature_verified(wo, "VALID", at=T0 + hours(3), signature=signature),  # same signature
+        violation(wo, "HIGH", at=T0 + hours(4)),  # audited, deviation, capa
+    ]
+
+
+def test_summary_matching_the_stream_passes() -> None:
+    s, wo = Summary(), uid()
+    for event in _history(wo):
+        s.feed(event)
+    observed = s.states[make_key(TENANT, wo)].summary()
+    assert observed.model_dump() == {
+        "auditEntries": 5,
+        "signatures": 1,
+        "deviations": 1,
+        "capaRequired": True,
+    }
+    done = closed(wo, at=T0 + hours(5), audit_entries=5, signatures=1, deviations=1, capa=True)
+    assert s.feed(done) == []
+
+
+def test_summary_differing_from_the_stream_is_a_violation() -> None:
+    s, wo = Summary(), uid()
+    for event in _history(wo):
+        s.feed(event)
+    done = closed(wo, at=T0 + hours(5), audit_entries=5, signatures=1, deviations=0, capa=False)
+    out = s.feed(done)
+    assert [e.type for e in out] == ["compliance.violation_detected"]  # MEDIUM: no CAPA
+    found = out[0].data
+    assert (found.requirement, found.severity, found.workOrderId) == ("§11.10(e)", "MEDIUM", wo)
+    assert "deviations reported 0 observed 1" in found.description
+    assert "capaRequired reported False observed True" in found.description
+    assert out[0].causationId == done.id
+    assert s.feed(done) == []  # redelivered close: nothing new
+
+
+def test_own_derived_violations_count_as_deviations_but_never_derive() -> None:
+    s, wo = Summary(), uid()
+    s.feed(created(wo, at=T0))
+    done = closed(wo, at=T0 + hours(5), audit_entries=0)
+    derived = s.feed(done)  # 1 audit entry observed, 0 reported
+    assert len(derived) == 1
+    for event in derived:  # comes back through wo.derived / the NATS mirror
+        assert s.feed(event) == []
+    assert s.states[make_key(TENANT, wo)].summary().deviations == 1
