@@ -40,6 +40,31 @@ class Settings(BaseSettings):
 
     app_id: str = "wo-stream"
 
+    # NATS <-> Kafka bridge (connectors/bridge.py, ingress.py, egress.py).
+    # Metrics and /healthz; port 0 = no HTTP server. Loopback by default: expose deliberately.
+    bridge_metrics_host: str = "127.0.0.1"
+    bridge_metrics_port: int = Field(default=9108, ge=0, le=65535)
+    # One active ingress per durable: per-key order needs a single reader (see ingress.py).
+    ingress_durable: str = "wo-stream-ingress"
+    ingress_filter_subject: str = "wo.>"
+    ingress_batch_size: int = Field(default=500, ge=1)
+    ingress_fetch_timeout_seconds: float = Field(default=1.0, gt=0)
+    ingress_ack_wait_seconds: float = Field(default=30.0, gt=0)
+    # "auto": idempotent producer when the broker grants a producer id (Tansu does not).
+    kafka_idempotence: Literal["auto", "on", "off"] = "auto"
+    kafka_request_timeout_ms: int = Field(default=10_000, ge=100)
+    kafka_max_batch_bytes: int = Field(default=1_048_576, ge=1024)
+    # §1.4: dead letter after 5 failed writes, exponential backoff in between.
+    kafka_retry_attempts: int = Field(default=5, ge=1)
+    kafka_retry_base_seconds: float = Field(default=1.0, ge=0)
+    kafka_retry_max_seconds: float = Field(default=16.0, ge=0)
+    nats_publish_timeout_seconds: float = Field(default=5.0, gt=0)
+    egress_topic: str = "wo.derived"
+    egress_group: str = "wo-stream-egress"
+    egress_batch_size: int = Field(default=500, ge=1)
+    # A group's first join on Tansu takes half the session timeout.
+    egress_session_timeout_ms: int = Field(default=10_000, ge=1000)
+
 
 @lru_cache(maxsize=1)
 def get_settings() -> Settings:
