@@ -5,17 +5,15 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import subprocess
 import sys
-import threading
-import time
 from contextlib import ExitStack
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import click
+
+from pipeline.supervisor import Child, StopFlag, spawn, stop_all, supervise
 
 # Children are started as `python -m pipeline.cli ...`: that works from a checkout and from an
 # installed wheel (where there is no top-level pipeline.py).
@@ -55,98 +53,6 @@ def cli() -> None:
 
 # --------------------------------------------------------------------------------------------
 # run: the whole pipeline under one supervisor
-
-
-@dataclass
-class Child:
-    """A supervised child process leading its own process group."""
-
-    name: str
-    proc: subprocess.Popen[bytes]
-    log_path: Path | None
-
-
-def _spawn(name: str, argv: list[str], env: dict[str, str], log_path: Path | None) -> Child:
-    """Start a child in its own session so a terminal's Ctrl-C reaches only the supervisor,
-    which then stops children in order (simulator, worker, servers)."""
-    stdout: Any = None
-    if log_path is not None:
-        log_path.parent.mkdir(parents=True, exist_ok=True)
-        stdout = log_path.open("ab")
-    try:
-        proc = subprocess.Popen(
-            argv,
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=stdout,
-            stderr=subprocess.STDOUT if stdout is not None else None,
-            start_new_session=True,
-        )
-    finally:
-        if stdout is not None:
-            stdout.close()  # the child holds its own descriptor
-    return Child(name, proc, log_path)
-
-
-def _signal_group(pgid: int, sig: signal.Signals) -> bool:
-    """Send `sig` to a process group; False if the group no longer exists."""
-    try:
-        os.killpg(pgid, sig)
-    except ProcessLookupError:
-        return False
-    return True
-
-
-def _group_alive(pgid: int) -> bool:
-    return _signal_group(pgid, 0)  # type: ignore[arg-type]
-
-
-def stop_child(child: Child, timeout: float, hurry: threading.Event | None = None) -> int:
-    """SIGTERM the child's process group, SIGKILL it after `timeout` (or as soon as `hurry` is
-    set: a second Ctrl-C); returns the exit code."""
-    pgid = child.proc.pid
-    if child.proc.poll() is None:
-        _signal_group(pgid, signal.SIGTERM)
-        deadline = time.monotonic() + timeout
-        while child.proc.poll() is None and time.monotonic() < deadline:
-            if hurry is not None and hurry.is_set():
-                break
-            time.sleep(0.05)
-        if child.proc.poll() is None:
-            click.echo(f"{child.name}: still running after SIGTERM, killing", err=True)
-            _signal_group(pgid, signal.SIGKILL)
-        child.proc.wait()
-    # The leader may be gone while its own children linger in the group: sweep them too.
-    if _group_alive(pgid):
-        _signal_group(pgid, signal.SIGTERM)
-        deadline = time.monotonic() + min(timeout, 5.0)
-        while _group_alive(pgid) and time.monotonic() < deadline:
-            time.sleep(0.1)
-        _signal_group(pgid, signal.SIGKILL)
-    return child.proc.returncode
-
-
-class _StopFlag:
-    """Set by SIGINT/SIGTERM; the supervisor polls it instead of dying mid-cleanup.
-
-    A second signal sets `hurry`: children still stopping are killed at once.
-    """
-
-    def __init__(self) -> None:
-        self.event = threading.Event()
-        self.hurry = threading.Event()
-        self.signame: str | None = None
-
-    def install(self) -> None:
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            signal.signal(sig, self._handle)
-
-    def _handle(self, signum: int, _frame: Any) -> None:
-        if self.event.is_set():
-            self.hurry.set()
-            return
-        self.signame = signal.Signals(signum).name
-        self.event.set()
 
 
 async def _provision(nats_url: str, settings: Any) -> list[str]:
@@ -204,6 +110,12 @@ def _web_url(port: int) -> str:
 @click.option("--tenants", type=click.IntRange(min=1), default=3, show_default=True)
 @click.option("--seed", type=int, default=None, help="Simulation seed [default: random, printed].")
 @click.option(
+    "--bridge/--no-bridge",
+    default=True,
+    show_default=True,
+    help="Start the NATS <-> Kafka bridge.",
+)
+@click.option(
     "--worker/--no-worker",
     default=True,
     show_default=True,
@@ -233,16 +145,17 @@ def run(
     rate: float,
     tenants: int,
     seed: int | None,
+    bridge: bool,
     worker: bool,
     duration: float | None,
     stop_timeout: float,
 ) -> None:
-    """Run the whole pipeline: servers, streams, Faust worker and (optionally) simulated traffic.
+    """Run the whole pipeline: servers, streams, bridge, Faust worker and simulated traffic.
 
     Without --nats-url/--kafka-bootstrap (or WO_NATS_URL/WO_KAFKA_BOOTSTRAP) an embedded NATS
     JetStream and Kafka-protocol broker are started as child processes. Ctrl-C or SIGTERM stops
-    everything: simulator, then worker, then servers; each gets --stop-timeout seconds before
-    it is killed.
+    everything: simulator, then worker, then bridge, then servers; each gets --stop-timeout
+    seconds before it is killed.
     """
     settings = _settings(
         nats_url=nats_url, kafka_bootstrap=kafka_bootstrap, data_dir=data_dir, web_port=web_port
@@ -253,7 +166,7 @@ def run(
         simulate = settings.nats_url is None and settings.kafka_bootstrap is None
     if seed is None:
         seed = int.from_bytes(os.urandom(4), "big")
-    stop = _StopFlag()
+    stop = StopFlag()
     stop.install()
     rc = 0
     with ExitStack() as cleanup:
@@ -278,23 +191,33 @@ def run(
         if stop.event.is_set():
             raise SystemExit(0)
         streams = _nats_call(_provision(nats_addr, settings), nats_addr)
+        if embedded and settings.kafka_bootstrap is None:
+            # A fresh in-memory broker: rebuild from NATS, the log of record (pipeline/rebuild.py).
+            from pipeline.rebuild import rebuild_from_nats
+
+            reset = _nats_call(rebuild_from_nats(settings, nats_addr, data_root), nats_addr)
+            if reset:
+                click.echo(f"fresh embedded broker: reset {', '.join(reset)}; re-mirroring")
 
         env = _child_env(settings, nats_addr, kafka_addr, data_root)
         children: list[Child] = []
         # Stopped in reverse start order: simulator before worker, worker before servers.
-        cleanup.callback(_stop_all, children, stop_timeout, stop.hurry)
+        cleanup.callback(stop_all, children, stop_timeout, stop.hurry)
+        if bridge:
+            log_path = data_root / "logs" / "bridge.log"
+            children.append(spawn("bridge", [*CHILD_ARGV, "bridge"], env, log_path))
         if worker:
             log_path = data_root / "logs" / "worker.log"
-            children.append(_spawn("worker", [*CHILD_ARGV, "worker"], env, log_path))
+            children.append(spawn("worker", [*CHILD_ARGV, "worker"], env, log_path))
         if simulate:
             children.append(
-                _spawn("simulate", _simulate_argv(nats_addr, rate, tenants, seed), env, None)
+                spawn("simulate", _simulate_argv(nats_addr, rate, tenants, seed), env, None)
             )
         _print_banner(
             nats_addr, kafka_addr, settings, data_root, streams, children,
             embedded=embedded, simulate=simulate, rate=rate, tenants=tenants, seed=seed,
         )  # fmt: skip
-        rc = _supervise(children, stop, duration)
+        rc = supervise(children, stop, duration)
     click.echo("stopped cleanly" if rc == 0 else f"stopped (exit {rc})")
     raise SystemExit(rc)
 
@@ -331,31 +254,6 @@ def _stop_stack(stack: Any) -> None:
     stack.stop()
 
 
-def _stop_all(children: list[Child], timeout: float, hurry: threading.Event) -> None:
-    for child in reversed(children):
-        code = stop_child(child, timeout, hurry)
-        click.echo(f"{child.name} stopped (exit {code})")
-
-
-def _supervise(children: list[Child], stop: _StopFlag, duration: float | None) -> int:
-    """Wait for a signal, the duration, or a child dying; returns the run's exit code."""
-    deadline = None if duration is None else time.monotonic() + duration
-    while True:
-        timeout = 0.5 if deadline is None else max(0.0, min(0.5, deadline - time.monotonic()))
-        if stop.event.wait(timeout):
-            click.echo(f"{stop.signame}: stopping ...")
-            return 0  # a requested stop is a clean stop
-        if deadline is not None and time.monotonic() >= deadline:
-            click.echo(f"duration of {duration:g} s reached: stopping ...")
-            return 0
-        for child in children:
-            code = child.proc.poll()
-            if code is not None:
-                where = f" (see {child.log_path})" if child.log_path else ""
-                click.echo(f"{child.name} exited unexpectedly with code {code}{where}", err=True)
-                return 1
-
-
 def _print_banner(
     nats_addr: str,
     kafka_addr: str,
@@ -379,6 +277,12 @@ def _print_banner(
         ("streams", ", ".join(streams)),
         ("data dir", str(data_root)),
     ]
+    if "bridge" in by_name:
+        b = by_name["bridge"]
+        metrics = f"http://{settings.bridge_metrics_host}:{settings.bridge_metrics_port}/metrics"
+        rows.append(("bridge", f"pid {b.proc.pid}, log {b.log_path}, {metrics}"))
+    else:
+        rows.append(("bridge", "not started (--no-bridge)"))
     if "worker" in by_name:
         w = by_name["worker"]
         rows += [
@@ -439,10 +343,72 @@ def worker(
 @cli.command()
 @nats_url_option
 @kafka_option
-def bridge(nats_url: str | None, kafka_bootstrap: str | None) -> None:
-    """Mirror NATS JetStream subjects into Kafka and derived events back (not implemented yet)."""
-    click.echo("wo-stream bridge: not implemented yet (issue 3: NATS <-> Kafka bridge).", err=True)
-    raise SystemExit(2)
+@click.option("--ingress/--no-ingress", default=True, show_default=True, help="NATS -> Kafka.")
+@click.option("--egress/--no-egress", default=True, show_default=True, help="wo.derived -> NATS.")
+@click.option(
+    "--metrics-port",
+    type=click.IntRange(0, 65535),
+    default=None,
+    help="/metrics and /healthz port, 0 = none [env WO_BRIDGE_METRICS_PORT, default 9108].",
+)
+def bridge(
+    nats_url: str | None,
+    kafka_bootstrap: str | None,
+    ingress: bool,
+    egress: bool,
+    metrics_port: int | None,
+) -> None:
+    """Mirror NATS JetStream subjects into Kafka and derived events from wo.derived back.
+
+    Ingress acks a NATS message only after Kafka acknowledged it; bad input and writes that
+    fail 5 times go to the dead-letter stream (wo_dlq.>). SIGTERM/SIGINT stop it cleanly.
+    """
+    from connectors.bridge import serve_bridge
+
+    settings = _settings(
+        nats_url=nats_url, kafka_bootstrap=kafka_bootstrap, bridge_metrics_port=metrics_port
+    )
+    if not settings.nats_url or not settings.kafka_bootstrap:
+        raise click.UsageError("bridge needs --nats-url and --kafka-bootstrap (or WO_* env)")
+    raise SystemExit(serve_bridge(settings, ingress=ingress, egress=egress))
+
+
+@cli.command("replay-dlq")
+@nats_url_option
+@click.option("--reason", default=None, help="Only dead letters with this reason code.")
+@click.option("--subject", "subject_filter", default=None, help="Only this wo_dlq.> subject.")
+@click.option("--limit", type=click.IntRange(min=1), default=None, help="At most this many.")
+@click.option(
+    "--purge/--keep",
+    default=False,
+    show_default=True,
+    help="Delete each dead letter once it was re-published.",
+)
+def replay_dlq(
+    nats_url: str | None,
+    reason: str | None,
+    subject_filter: str | None,
+    limit: int | None,
+    purge: bool,
+) -> None:
+    """Re-inject dead letters (original bytes, original subject) after a fix.
+
+    Replayed events go through ingress again; one that still fails is dead-lettered again.
+    """
+    import orjson
+
+    from connectors.dead_letter import replay_dead_letters
+
+    settings = _settings(nats_url=nats_url)
+    if not settings.nats_url:
+        raise click.UsageError("replay-dlq needs --nats-url or WO_NATS_URL")
+    report = _nats_call(
+        replay_dead_letters(
+            settings, reason=reason, subject_filter=subject_filter, limit=limit, purge=purge
+        ),
+        settings.nats_url,
+    )
+    click.echo(orjson.dumps(report.to_dict(), option=orjson.OPT_INDENT_2).decode())
 
 
 @cli.command()

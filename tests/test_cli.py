@@ -1,4 +1,4 @@
-"""The command line: help everywhere, schema checks, the bridge stub, and `run` end to end."""
+"""The command line: help everywhere, schema checks, usage errors, and `run` end to end."""
 
 from __future__ import annotations
 
@@ -16,11 +16,16 @@ from pathlib import Path
 
 import click
 import pytest
+from aiokafka import TopicPartition
 from click.testing import CliRunner
 
-from connectors.embedded import free_port
+from connectors.embedded import free_port, run_sync
+from connectors.jetstream import connect_nats
+from connectors.tansu_transport import TansuAIOKafkaConsumer
+from events.subjects import DOMAIN_TOPICS
 from events.versioning import SCHEMAS_DIR
-from pipeline.cli import Child, _spawn, cli, stop_child
+from pipeline.cli import cli
+from pipeline.supervisor import Child, spawn, stop_child
 
 REPO = Path(__file__).resolve().parent.parent
 SECRET = "s3cr3t-token-never-printed"
@@ -64,10 +69,18 @@ def test_console_script_is_installed() -> None:
     assert "wo-stream" in proc.stdout
 
 
-def test_bridge_says_it_is_not_implemented() -> None:
-    result = CliRunner().invoke(cli, ["bridge"])
+def test_bridge_needs_both_servers() -> None:
+    result = CliRunner(env={"WO_NATS_URL": None, "WO_KAFKA_BOOTSTRAP": None}).invoke(
+        cli, ["bridge"]
+    )
     assert result.exit_code == 2
-    assert "not implemented yet (issue 3" in result.output
+    assert "bridge needs --nats-url and --kafka-bootstrap" in result.output
+
+
+def test_replay_dlq_needs_a_server() -> None:
+    result = CliRunner(env={"WO_NATS_URL": None}).invoke(cli, ["replay-dlq"])
+    assert result.exit_code == 2
+    assert "needs --nats-url" in result.output
 
 
 def test_simulate_needs_a_server_unless_dry_run() -> None:
@@ -188,7 +201,7 @@ time.sleep(120)
 
 def _spawn_stub(tmp_path: Path, *args: str) -> tuple[Child, int]:
     log = tmp_path / f"stub-{uuid.uuid4().hex[:6]}.log"
-    child = _spawn("stub", [sys.executable, "-c", STUBBORN, *args], dict(os.environ), log)
+    child = spawn("stub", [sys.executable, "-c", STUBBORN, *args], dict(os.environ), log)
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         text = log.read_text() if log.exists() else ""
@@ -272,7 +285,13 @@ def _marked_processes(marker: str) -> list[int]:
 
 def _run_env(marker: str, **extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("WO_")}
-    env.update(WO_TEST_RUN_MARKER=marker, WO_WEB_TOKENS=SECRET, PYTHONUNBUFFERED="1", **extra)
+    env.update(
+        WO_TEST_RUN_MARKER=marker,
+        WO_WEB_TOKENS=SECRET,
+        WO_BRIDGE_METRICS_PORT=str(free_port()),  # never collide with another bridge
+        PYTHONUNBUFFERED="1",
+    )
+    env.update(extra)
     return env
 
 
@@ -341,11 +360,83 @@ def test_run_embedded_default_stack_only(tmp_path: Path, marker: str) -> None:
     assert f"data dir  {data.resolve()}" in out
     assert "simulate  3 tenants, 20 events/s" in out  # on by default for the embedded stack
     assert re.search(r"published [1-9]\d* events", out), out
-    assert "stopped cleanly" in out
+    assert "stopped cleanly" in out and "bridge stopped (exit 0)" in out
     assert SECRET not in out
     assert (data / "nats").is_dir()  # JetStream's file store lives in the data dir
     _assert_nothing_left(marker, proc)
     assert time.monotonic() - started < 60
+
+
+def _stream_messages(nats_url: str) -> int:
+    async def count() -> int:
+        nc, js = await connect_nats(nats_url, max_reconnect_attempts=1)
+        try:
+            return (await js.stream_info("WO_EVENTS")).state.messages
+        finally:
+            await nc.close()
+
+    return run_sync(count())
+
+
+def _kafka_records(bootstrap: str, topics: list[str]) -> int:
+    """Records in `topics` by the Fetch high watermark (Tansu's ListOffsets is short)."""
+
+    async def count() -> int:
+        consumer = TansuAIOKafkaConsumer(bootstrap_servers=bootstrap)
+        await consumer.start()
+        try:
+            await consumer.topics()  # loads metadata for every topic
+            parts = [
+                TopicPartition(t, p)
+                for t in topics
+                for p in (consumer.partitions_for_topic(t) or set())
+            ]
+            ends = await consumer.end_offsets(parts) if parts else {}
+            return sum(ends.values())
+        finally:
+            await consumer.stop()
+
+    return run_sync(count())
+
+
+@pytest.mark.integration
+def test_run_again_rebuilds_from_nats_after_the_broker_lost_its_topics(
+    tmp_path: Path, marker: str
+) -> None:
+    """README: a restarted embedded broker is empty; run re-mirrors every retained event."""
+    data = tmp_path / "data"
+    args = ["--no-worker", "--duration", "4", "--data-dir", str(data)]
+    first = _start_run(args, _run_env(marker))
+    out = _finish(first, timeout=90)
+    assert first.returncode == 0, out
+    stale = data / "faust" / "wo-stream" / "stale-table-state"
+    stale.parent.mkdir(parents=True)
+    stale.write_text("offsets of a broker that is gone")
+
+    second = _start_run(["--no-worker", "--no-simulate", "--data-dir", str(data)], _run_env(marker))
+    banner = "".join(_wait_for_line(second, "Press Ctrl-C to stop.", timeout=60))
+    try:
+        assert "fresh embedded broker: reset table state, ingress consumer" in banner, banner
+        assert not stale.exists()
+        nats = re.search(r"NATS\s+(\S+)", banner)
+        kafka = re.search(r"Kafka\s+(\S+)", banner)
+        assert nats and kafka, banner
+        published = _stream_messages(nats.group(1))
+        assert published > 0
+        topics = sorted(DOMAIN_TOPICS.values())
+        deadline, mirrored = time.monotonic() + 60, 0
+        while time.monotonic() < deadline:
+            mirrored = _kafka_records(kafka.group(1), topics)
+            if mirrored >= published:
+                break
+            time.sleep(0.5)
+        # Everything the first run published is in the new broker again, nothing more.
+        assert mirrored == published
+    finally:
+        second.send_signal(signal.SIGTERM)
+        out = banner + _finish(second, timeout=60)
+    assert second.returncode == 0, out
+    _assert_nothing_left(marker, second)
 
 
 @pytest.mark.integration
@@ -366,7 +457,8 @@ def test_run_against_given_servers_starts_none(
     tmp_path: Path, marker: str, nats_url: str, kafka_bootstrap: str
 ) -> None:
     env = _run_env(marker, WO_NATS_URL=nats_url, WO_KAFKA_BOOTSTRAP=kafka_bootstrap)
-    proc = _start_run(["--no-worker", "--duration", "1", "--data-dir", str(tmp_path)], env)
+    args = ["--no-worker", "--no-bridge", "--duration", "1", "--data-dir", str(tmp_path)]
+    proc = _start_run(args, env)
     out = _finish(proc, timeout=60)
     assert proc.returncode == 0, out
     assert f"NATS      {nats_url}\n" in out and "(embedded)" not in out
@@ -405,6 +497,7 @@ def test_run_full_pipeline_with_worker(tmp_path: Path, marker: str) -> None:
     out = banner + _finish(proc, timeout=120)
     assert proc.returncode == 0, out
     assert "simulate stopped (exit 0)" in out and "worker stopped (exit 0)" in out
+    assert "bridge stopped (exit 0)" in out
     assert "stopped cleanly" in out and SECRET not in out
     assert "Closing event loop" in log.read_text()  # Faust shut down on its own, not killed
     _assert_nothing_left(marker, proc)
