@@ -352,10 +352,12 @@ async def test_kill_restart_and_rebuild_from_changelog(
     for key, entry in recovered.items():
         assert entry == prefix_state(first, key, entry["last_id"]), key
     ahead = sum(recovered[k] != at_kill.get(k) for k in recovered)
-    # Nothing was committed before the kill: every event came again; those applied before
-    # the kill were skipped by id (at-least-once redelivery, no double counting).
+    # Events after the last offset commit came again; those applied before the kill were
+    # skipped by id (at-least-once redelivery, no double counting). Faust commits offsets
+    # every 2.8 s, so under load a commit may land before the kill: those events are not
+    # redelivered, which is why this is "at most", while the exact ledger proves none lost.
     assert view["skipped"] > 0
-    assert view["applied"] + view["skipped"] == FIRST_EVENTS + MORE_EVENTS
+    assert view["applied"] + view["skipped"] <= FIRST_EVENTS + MORE_EVENTS
     worker.stop()
     worker_log = worker.log_text()
     assert "ConsistencyError" not in worker_log
