@@ -142,8 +142,13 @@ def create_app(
 
 @lru_cache(maxsize=1)
 def get_app() -> faust.App:
-    """The process-wide app, from the environment's settings (for ``faust -A``)."""
-    return create_app()
+    """The process-wide app, from the environment's settings, with every agent and table
+    of :mod:`pipeline.agents` registered (``python pipeline.py worker``, ``faust -A``)."""
+    from pipeline.agents import register  # imported late: agents pull in tables and events
+
+    app = create_app()
+    register(app)
+    return app
 
 
 def __getattr__(name: str) -> Any:

@@ -1,0 +1,243 @@
+"""What one record does to the tables, computed before anything is written (no Faust here).
+
+A :class:`Step` is the complete effect of one input record on the partition that received it:
+the table values to write (or delete), the derived events for ``wo.derived``, the facts to
+forward and the events to re-key through the repartition topic, and the signals for the
+metrics. The Faust layer (:mod:`pipeline.agents.runner`) sends a step's records, waits for
+their acks, and only then writes its table values, so a crash never leaves a table ahead of
+output it did not send (see the runner's docstring).
+
+Routing rule: an item is applied to a table key here only if the key belongs to the record's
+partition (``partition_of(key) == partition``); otherwise it is re-keyed through the
+repartition topic to the partition that owns the key. Input topics are keyed by entity, so most
+items are applied where they arrive; approvals (keyed by approvalId), window shards (keyed by
+tenant and day), calibration fan-outs and the forwarded facts are the ones that move.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from events.envelope import DomainEvent
+from events.ids import unix_ms
+from pipeline.topics import partition_of
+from tables.base import Fact, Forward, Result, TableState, is_own, split_key
+from tables.config import Config, TenantConfig
+from tables.stages import BY_NAME, STAGES, Stage
+
+log = logging.getLogger(__name__)
+
+Reader = Callable[[str, str], dict[str, Any] | None]
+"""``read(table, key)``: the stored value (``to_dict`` form) or None."""
+
+
+@dataclass(slots=True)
+class Write:
+    """Store ``value`` under ``key`` of ``stage`` (None: delete the key)."""
+
+    stage: str
+    key: str
+    value: dict[str, Any] | None
+    deadline_ms: int | None = None  # next timer deadline of the new value (timer tables)
+
+
+@dataclass(slots=True)
+class Step:
+    """The effect of one record on its partition (see the module docstring)."""
+
+    partition: int
+    writes: list[Write] = field(default_factory=list)
+    derived: list[DomainEvent] = field(default_factory=list)
+    forwards: list[Forward] = field(default_factory=list)
+    reroutes: dict[str, list[str]] = field(default_factory=dict)  # key -> tables
+    signals: Counter[tuple[str, str]] = field(default_factory=Counter)  # (signal, table)
+
+    @property
+    def empty(self) -> bool:
+        return not (self.writes or self.derived or self.forwards or self.reroutes)
+
+
+class Planner:
+    """Applies the reducers of ``tables.stages`` for one partition's records."""
+
+    def __init__(
+        self,
+        read: Reader,
+        *,
+        partitions: int,
+        config: Config | None = None,
+        stages: Iterable[Stage] = STAGES,
+    ) -> None:
+        self.read = read
+        self.partitions = partitions
+        self.config = config or Config()
+        self.stages = tuple(stages)
+        self.routed = tuple(s for s in self.stages if s.route is not None)
+        self.routed_derived = tuple(s for s in self.routed if s.derived_inputs)
+        self.timed = tuple(s for s in self.stages if s.tick is not None)
+        self.windowed = tuple(s for s in self.stages if s.expired is not None)
+
+    # -- inputs ------------------------------------------------------------------------------
+
+    def event(
+        self, event: DomainEvent, partition: int, now: datetime, *, derived_source: bool = False
+    ) -> Step:
+        """An input event (domain topic, or ``wo.derived`` for the counting tables only).
+
+        An event wo-stream derived itself goes only to the counting tables wherever it comes
+        from: the bridge mirrors ``wo.derived`` back onto the domain topics, and no other table
+        uses our own events (no rule derives from them), so they would only fill dedup memory.
+        """
+        step = Step(partition)
+        config = self.config.for_tenant(event.tenantId)
+        for stage in self.routed_derived if derived_source or is_own(event) else self.routed:
+            for key in stage.route(event, config):  # type: ignore[misc]
+                if self._owns(key, partition):
+                    self._apply(step, stage, key, event, now, config)
+                else:
+                    step.reroutes.setdefault(key, []).append(stage.name)
+        return step
+
+    def rerouted(
+        self, event: DomainEvent, stages: Iterable[str], key: str, partition: int, now: datetime
+    ) -> Step:
+        """An event re-keyed to ``key`` for ``stages`` (from the repartition topic)."""
+        step = Step(partition)
+        config = self.config.for_tenant(event.tenantId)
+        for name in stages:
+            self._apply_here(step, BY_NAME[name], key, event, now, config)
+        return step
+
+    def fact(self, stage: str, key: str, fact: Fact, partition: int, now: datetime) -> Step:
+        """A fact forwarded by another table (from the repartition topic)."""
+        step = Step(partition)
+        self._apply_here(step, BY_NAME[stage], key, fact, now, self.config.for_tenant(fact.tenant))
+        return step
+
+    def timers(
+        self,
+        partition: int,
+        now: datetime,
+        due: Iterable[tuple[str, str]],
+        shards: Iterable[tuple[str, str]] = (),
+    ) -> Step:
+        """Run the timer reducer of due keys and delete window shards beyond retention."""
+        step = Step(partition)
+        for name, key in due:
+            stage = BY_NAME[name]
+            raw = self.read(name, key)
+            if raw is None or stage.tick is None:
+                continue
+            try:
+                state = stage.state.from_dict(raw)
+                config = self.config.for_tenant(state.tenant)
+                result = stage.tick(state, now, config=config)
+            except Exception:  # a bad stored value must not stop every other timer
+                log.exception("timer of %s[%s] failed; key skipped", name, key)
+                step.signals["error", name] += 1
+                continue
+            step.signals["timer", name] += 1
+            self._record(step, stage, key, state, raw, result, config)
+        for name, key in shards:
+            stage = BY_NAME[name]
+            tenant, _ = split_key(key)
+            if stage.expired is not None and stage.expired(
+                key, now, self.config.for_tenant(tenant)
+            ):
+                step.writes.append(Write(name, key, None))
+                step.signals["deleted", name] += 1
+        return step
+
+    def deadline_ms(self, stage: str, value: dict[str, Any]) -> int | None:
+        """Next timer deadline of a stored value (for rebuilding the timer index)."""
+        s = BY_NAME[stage]
+        if s.next_deadline is None:
+            return None
+        state = s.state.from_dict(value)
+        when = s.next_deadline(state, self.config.for_tenant(state.tenant))
+        return None if when is None else unix_ms(when)
+
+    # -- internals ---------------------------------------------------------------------------
+
+    def _owns(self, key: str, partition: int) -> bool:
+        return partition_of(key, self.partitions) == partition
+
+    def _apply_here(
+        self,
+        step: Step,
+        stage: Stage,
+        key: str,
+        item: DomainEvent | Fact,
+        now: datetime,
+        config: TenantConfig,
+    ) -> None:
+        if not self._owns(key, partition=step.partition):
+            # Only a producer that ignores partition_of can cause this: applying it here would
+            # put the key's state into another partition's changelog.
+            log.error(
+                "%s[%s] arrived in partition %d; not applied", stage.name, key, step.partition
+            )
+            step.signals["error", stage.name] += 1
+            return
+        self._apply(step, stage, key, item, now, config)
+
+    def _apply(
+        self,
+        step: Step,
+        stage: Stage,
+        key: str,
+        item: DomainEvent | Fact,
+        now: datetime,
+        config: TenantConfig,
+    ) -> None:
+        raw = self.read(stage.name, key)
+        try:
+            state = None if raw is None else stage.state.from_dict(raw)
+            result = stage.apply(state, item, now, key=key, config=config)
+        except Exception:  # tenant mismatch, unreadable state: refuse this item, say so
+            log.exception("%s[%s] refused item %s; skipped", stage.name, key, item.id)
+            step.signals["error", stage.name] += 1
+            return
+        self._record(step, stage, key, state, raw, result, config)
+
+    def _record(
+        self,
+        step: Step,
+        stage: Stage,
+        key: str,
+        state: TableState | None,
+        raw: dict[str, Any] | None,
+        result: Result[Any],
+        config: TenantConfig,
+    ) -> None:
+        if result.duplicate:
+            step.signals["duplicate", stage.name] += 1
+            # Faust writes RocksDB before the changelog send is acked: after a kill -9 the local
+            # value can be ahead of the changelog. Writing it back on a redelivered duplicate
+            # lets the changelog catch up before the partition moves or the disk is lost.
+            if raw is not None:
+                step.writes.append(
+                    Write(stage.name, key, raw, self._deadline(stage, state, config))
+                )
+            return
+        if result.late:
+            step.signals["late", stage.name] += 1
+        if result.expired:
+            step.signals["expired", stage.name] += result.expired
+        if result.state is not state:
+            deadline = self._deadline(stage, result.state, config)
+            step.writes.append(Write(stage.name, key, result.state.to_dict(), deadline))
+        step.derived.extend(result.derived)
+        step.forwards.extend(result.forwards)
+
+    @staticmethod
+    def _deadline(stage: Stage, state: TableState | None, config: TenantConfig) -> int | None:
+        if stage.next_deadline is None or state is None:
+            return None
+        when = stage.next_deadline(state, config)
+        return None if when is None else unix_ms(when)

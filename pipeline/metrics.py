@@ -1,0 +1,102 @@
+"""Domain metrics of the Faust worker (prometheus-client), served with Faust's own at /metrics.
+
+Names follow the Prometheus conventions (``_total`` counters, base units). Labels are bounded:
+event types come from the registry, tables from ``tables.stages``; tenants are deliberately not
+a label (unbounded cardinality; per-tenant numbers are in the aggregate tables).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from prometheus_client import CollectorRegistry, Counter, Gauge
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerMetrics:
+    """The worker's counters, registered on one registry (one per app, so tests can build many)."""
+
+    registry: CollectorRegistry
+    events: Counter
+    derived: Counter
+    forwards: Counter
+    duplicates: Counter
+    late: Counter
+    expired: Counter
+    invalid: Counter
+    errors: Counter
+    timer_runs: Counter
+    shards_deleted: Counter
+    clock: Gauge
+
+    @classmethod
+    def create(cls, registry: CollectorRegistry | None = None) -> WorkerMetrics:
+        reg = registry if registry is not None else CollectorRegistry()
+        return cls(
+            registry=reg,
+            events=Counter(
+                "wo_worker_events_processed_total",
+                "Input events processed, by source topic and event type.",
+                ["topic", "type"],
+                registry=reg,
+            ),
+            derived=Counter(
+                "wo_worker_derived_events_total",
+                "Derived events sent to wo.derived, by event type.",
+                ["type"],
+                registry=reg,
+            ),
+            forwards=Counter(
+                "wo_worker_forwards_total",
+                "Facts and events repartitioned to another table key, by target table.",
+                ["table"],
+                registry=reg,
+            ),
+            duplicates=Counter(
+                "wo_worker_duplicates_dropped_total",
+                "Items dropped because their id was already applied to the table key.",
+                ["table"],
+                registry=reg,
+            ),
+            late=Counter(
+                "wo_worker_late_events_total",
+                "Items older than a window's retention, not counted in that window.",
+                ["table"],
+                registry=reg,
+            ),
+            expired=Counter(
+                "wo_worker_expired_waits_total",
+                "Pending checks given up because their answer never came.",
+                ["table"],
+                registry=reg,
+            ),
+            invalid=Counter(
+                "wo_worker_invalid_records_total",
+                "Records that could not be decoded (not an event, fact or tick); skipped.",
+                ["topic"],
+                registry=reg,
+            ),
+            errors=Counter(
+                "wo_worker_apply_errors_total",
+                "Items a reducer refused or failed on (tenant mismatch, bad state); skipped.",
+                ["table"],
+                registry=reg,
+            ),
+            timer_runs=Counter(
+                "wo_worker_timer_runs_total",
+                "Timer reducer calls for due table keys, by table.",
+                ["table"],
+                registry=reg,
+            ),
+            shards_deleted=Counter(
+                "wo_worker_window_shards_deleted_total",
+                "Window shards deleted after leaving retention, by table.",
+                ["table"],
+                registry=reg,
+            ),
+            clock=Gauge(
+                "wo_worker_clock_seconds",
+                "The worker's clock at the latest tick (Unix seconds).",
+                registry=reg,
+            ),
+        )

@@ -1,0 +1,208 @@
+"""The Faust worker (``python pipeline.py worker``) on a real Tansu broker, against the reference.
+
+The scenario (tests/apps/worker_scenario.py: two tenants' masters, children completing late
+and overdue, approvals with and without signatures, an invalid signature, a PHI flag, a
+certification expiring under an assignment, closes with a wrong and a right summary, a late
+event, plus a third tenant's volume) is written to the domain topics as the bridge writes it,
+phase by phase, with control-clock ticks in between. Each test compares what the worker left
+in Kafka, read from outside (``wo.derived`` and the tables' changelogs, last value per key),
+with the in-memory reference driver's output for the same input.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import orjson
+import pytest
+
+from connectors.embedded import EmbeddedStack
+from events.keys import record_key
+from events.parsing import parse_event
+from pipeline.topics import partition_of
+from tables.stages import STAGES
+from tests.apps.worker_harness import Broker, PipelineWorker
+from tests.apps.worker_scenario import ACME, GLOBEX, Scenario, build, normalized
+
+pytestmark = [pytest.mark.slow, pytest.mark.integration]
+
+PARTITIONS = 4
+TABLES = [s.name for s in STAGES]
+
+
+@pytest.fixture(scope="module")
+def scenario() -> Scenario:
+    return build(PARTITIONS)
+
+
+@pytest.fixture
+def make_worker(
+    private_stack: EmbeddedStack, tmp_path: Path
+) -> Iterator[Callable[[str], PipelineWorker]]:
+    app_id = f"wo-test-{uuid.uuid4().hex[:8]}"
+    made: list[PipelineWorker] = []
+
+    def make(name: str) -> PipelineWorker:
+        made.append(
+            PipelineWorker(
+                bootstrap=private_stack.kafka_bootstrap,
+                app_id=app_id,
+                data_dir=tmp_path / f"data-{name}",
+                log_dir=tmp_path,
+                partitions=PARTITIONS,
+                name=name,
+            )
+        )
+        return made[-1]
+
+    try:
+        yield make
+    finally:
+        for w in made:
+            w.cleanup()
+
+
+async def wait_assigned(broker: Broker, *workers: PipelineWorker, limit: float = 90.0) -> float:
+    """Until every worker owns partitions and together they own each exactly once."""
+    started = time.monotonic()
+    while True:
+        for w in workers:
+            w.check_healthy()
+        statuses = [await w.status() for w in workers]
+        owned = [p for s in statuses if s for p in s["assigned"]]
+        if all(s and s["assigned"] for s in statuses) and sorted(owned) == list(range(PARTITIONS)):
+            return time.monotonic() - started
+        assert time.monotonic() - started < limit, "\n".join(w.describe() for w in workers)
+        await asyncio.sleep(0.2)
+
+
+async def check_output(broker: Broker, scenario: Scenario) -> dict[str, int]:
+    """wo.derived and the changelogs equal the reference; returns counts for the report."""
+    records = await broker.read_derived()
+    got: dict[str, bytes] = {}
+    for key, value, headers, ts, partition in records:
+        event = parse_event(value)
+        assert not hasattr(event, "reason"), event
+        assert headers["wo-event-id"] == event.id.encode()
+        assert headers["wo-type"] == event.type.encode()
+        assert key == record_key(event).encode()
+        assert partition == partition_of(key.decode(), PARTITIONS)
+        assert ts == int(event.timestamp.timestamp() * 1000)
+        assert got.setdefault(event.id, value) == value, "one id, two different events"
+    expected = scenario.expected_derived()
+    missing = set(expected) - set(got)
+    extra = set(got) - set(expected)
+    assert not missing and not extra, (len(missing), len(extra))
+    assert got == expected
+    # tenant isolation: nothing of one tenant names the other's entities
+    for event_id, value in got.items():
+        tenant = orjson.loads(value)["tenantId"]
+        for other in (ACME, GLOBEX):
+            if other != tenant:
+                for entity in scenario.ids[other].values():
+                    assert entity.encode() not in value, (event_id, tenant, entity)
+    tables = await broker.read_tables(TABLES)
+    assert normalized(tables) == scenario.expected_tables()
+    return {"derived records": len(records), "derived ids": len(got)}
+
+
+async def run_phases(broker: Broker, scenario: Scenario, workers: list[PipelineWorker],
+                     phases: range) -> None:  # fmt: skip
+    for n in phases:
+        phase = scenario.phases[n]
+        await broker.tick(phase.now)
+        await broker.wait_idle(*workers)
+        await broker.produce(phase.events)
+        await broker.wait_idle(*workers)
+
+
+async def test_scenario_gives_the_reference_output(
+    make_worker: Callable[[str], PipelineWorker], private_stack: EmbeddedStack, scenario: Scenario
+) -> None:
+    worker = make_worker("w")
+    timings: dict[str, float] = {}
+    async with Broker(private_stack.kafka_bootstrap, worker.app_id, PARTITIONS) as broker:
+        started = time.monotonic()
+        worker.start()
+        await wait_assigned(broker, worker)
+        timings["start"] = time.monotonic() - started
+        started = time.monotonic()
+        await run_phases(broker, scenario, [worker], range(len(scenario.phases)))
+        timings["phases"] = time.monotonic() - started
+        counts = await check_output(broker, scenario)
+        metrics = await worker.get("/metrics")
+        assert 'wo_worker_late_events_total{table="compliance_windows"} 1.0' in metrics
+        assert "wo_worker_derived_events_total" in metrics
+        assert "faust_messages_received" in metrics  # Faust's own sensor
+        worker.stop()
+    print(f"\n{counts}; " + "; ".join(f"{k}: {v:.1f}s" for k, v in timings.items()))
+
+
+async def derived_count(broker: Broker) -> int:
+    ends = await broker.ends()
+    return sum(v for (topic, _), v in ends.items() if topic == "wo.derived")
+
+
+async def test_kill_9_mid_traffic_and_restart_loses_and_doubles_nothing(
+    make_worker: Callable[[str], PipelineWorker], private_stack: EmbeddedStack, scenario: Scenario
+) -> None:
+    worker = make_worker("w")
+    busy = 2  # the phase with the third tenant's volume
+    async with Broker(private_stack.kafka_bootstrap, worker.app_id, PARTITIONS) as broker:
+        worker.start()
+        await wait_assigned(broker, worker)
+        await run_phases(broker, scenario, [worker], range(busy))
+        phase = scenario.phases[busy]
+        await broker.tick(phase.now)
+        await broker.wait_idle(worker)
+        before = await derived_count(broker)
+        await broker.produce(phase.events)
+        deadline = time.monotonic() + 60
+        while await derived_count(broker) <= before:  # the phase's output has begun
+            assert time.monotonic() < deadline, worker.describe()
+            await asyncio.sleep(0.01)
+        worker.kill()
+        at_kill = await derived_count(broker)
+        assert at_kill < scenario.derived_after[busy], "phase finished before the kill"
+
+        started = time.monotonic()
+        worker.start()
+        await wait_assigned(broker, worker)
+        await broker.wait_idle(worker)
+        restart = time.monotonic() - started
+        status = await worker.status()
+        await run_phases(broker, scenario, [worker], range(busy + 1, len(scenario.phases)))
+        counts = await check_output(broker, scenario)
+        worker.stop()
+    print(
+        f"\nkilled with {at_kill - before}/{scenario.derived_after[busy] - before} of the "
+        f"phase's derived events sent; restart to idle {restart:.1f}s; after restart "
+        f"{status['signals'] if status else None}; {counts}"
+    )
+
+
+async def test_a_second_worker_joins_and_the_output_stays_the_same(
+    make_worker: Callable[[str], PipelineWorker], private_stack: EmbeddedStack, scenario: Scenario
+) -> None:
+    a, b = make_worker("a"), make_worker("b")
+    split = 3
+    async with Broker(private_stack.kafka_bootstrap, a.app_id, PARTITIONS) as broker:
+        a.start()
+        await wait_assigned(broker, a)
+        await run_phases(broker, scenario, [a], range(split))
+        started = time.monotonic()
+        b.start()  # its partitions' state can only come from the changelogs
+        await wait_assigned(broker, a, b)
+        await broker.wait_idle(a, b)
+        join = time.monotonic() - started
+        shares = [len((await w.status())["assigned"]) for w in (a, b)]
+        assert all(shares), shares
+        await run_phases(broker, scenario, [a, b], range(split, len(scenario.phases)))
+        counts = await check_output(broker, scenario)
+        a.stop()
+        b.stop()
+    print(f"\npartitions a/b {shares}; join {join:.1f}s; {counts}")
