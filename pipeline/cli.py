@@ -363,8 +363,13 @@ def bridge(
     Ingress acks a NATS message only after Kafka acknowledged it; bad input and writes that
     fail 5 times go to the dead-letter stream (wo_dlq.>). SIGTERM/SIGINT stop it cleanly.
     """
+    import logging
+
     from connectors.bridge import serve_bridge
 
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
     settings = _settings(
         nats_url=nats_url, kafka_bootstrap=kafka_bootstrap, bridge_metrics_port=metrics_port
     )
