@@ -116,6 +116,13 @@ def _web_url(port: int) -> str:
     help="Start the NATS <-> Kafka bridge.",
 )
 @click.option(
+    "--audit/--no-audit",
+    "audit",
+    default=True,
+    show_default=True,
+    help="Start the audit trail writer.",
+)
+@click.option(
     "--worker/--no-worker",
     default=True,
     show_default=True,
@@ -146,6 +153,7 @@ def run(
     tenants: int,
     seed: int | None,
     bridge: bool,
+    audit: bool,
     worker: bool,
     duration: float | None,
     stop_timeout: float,
@@ -199,6 +207,9 @@ def run(
             if reset:
                 click.echo(f"fresh embedded broker: reset {', '.join(reset)}; re-mirroring")
 
+        # Create the topics before any child subscribes: a broker auto-creates a missing topic
+        # with its own partition count, and the worker's tables need them co-partitioned.
+        _create_topics(kafka_addr, settings)
         env = _child_env(settings, nats_addr, kafka_addr, data_root)
         children: list[Child] = []
         # Stopped in reverse start order: simulator before worker, worker before servers.
@@ -206,6 +217,9 @@ def run(
         if bridge:
             log_path = data_root / "logs" / "bridge.log"
             children.append(spawn("bridge", [*CHILD_ARGV, "bridge"], env, log_path))
+        if audit:
+            log_path = data_root / "logs" / "audit-writer.log"
+            children.append(spawn("audit-writer", [*CHILD_ARGV, "audit", "writer"], env, log_path))
         if worker:
             log_path = data_root / "logs" / "worker.log"
             children.append(spawn("worker", [*CHILD_ARGV, "worker"], env, log_path))
@@ -220,6 +234,16 @@ def run(
         rc = supervise(children, stop, duration)
     click.echo("stopped cleanly" if rc == 0 else f"stopped (exit {rc})")
     raise SystemExit(rc)
+
+
+def _create_topics(kafka_addr: str, settings: Any) -> None:
+    from connectors.embedded import run_sync
+    from connectors.kafka_topics import bridge_topics, ensure_topics
+
+    try:
+        run_sync(ensure_topics(kafka_addr, bridge_topics(settings), partitions=settings.partitions))
+    except Exception as exc:
+        raise click.ClickException(f"cannot create Kafka topics on {kafka_addr}: {exc}") from exc
 
 
 def _simulate_argv(nats_addr: str, rate: float, tenants: int, seed: int) -> list[str]:
@@ -283,6 +307,9 @@ def _print_banner(
         rows.append(("bridge", f"pid {b.proc.pid}, log {b.log_path}, {metrics}"))
     else:
         rows.append(("bridge", "not started (--no-bridge)"))
+    if "audit-writer" in by_name:
+        a = by_name["audit-writer"]
+        rows.append(("audit", f"pid {a.proc.pid}, log {a.log_path}"))
     if "worker" in by_name:
         w = by_name["worker"]
         rows += [
@@ -414,6 +441,47 @@ def replay_dlq(
         settings.nats_url,
     )
     click.echo(orjson.dumps(report.to_dict(), option=orjson.OPT_INDENT_2).decode())
+
+
+@cli.group()
+def audit() -> None:
+    """The hash-chained audit trail: the writer and its integrity check."""
+
+
+@audit.command("writer")
+@nats_url_option
+@kafka_option
+def audit_writer(nats_url: str | None, kafka_bootstrap: str | None) -> None:
+    """Append every auditRequired event to its tenant's hash chain (SQLite, or WO_AUDIT_DSN).
+
+    Never skips: offsets advance only after the database commit; while the database is away
+    it pauses and retries; an entry it can never write is dead-lettered (P0 metric).
+    """
+    import logging
+
+    from pipeline.audit_writer import serve_audit_writer
+
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    settings = _settings(nats_url=nats_url, kafka_bootstrap=kafka_bootstrap)
+    if not settings.nats_url or not settings.kafka_bootstrap:
+        raise click.UsageError("audit writer needs --nats-url and --kafka-bootstrap (or WO_*)")
+    raise SystemExit(serve_audit_writer(settings))
+
+
+@audit.command("verify")
+@nats_url_option
+@click.option("--tenant", default=None, help="Only this tenant's chain [default: every chain].")
+def audit_verify(nats_url: str | None, tenant: str | None) -> None:
+    """Recompute every link of the audit chains; exit 1 and print the broken links if any.
+
+    Also checks contiguous sequences, non-decreasing recorded time, the genesis value and the
+    signed checkpoints, and emits compliance.audit_trail_integrity_check when NATS is given.
+    """
+    from pipeline.audit_verify import audit_verify_command
+
+    raise SystemExit(audit_verify_command(_settings(nats_url=nats_url), tenant))
 
 
 @cli.command()

@@ -65,6 +65,39 @@ class Settings(BaseSettings):
     # A group's first join on Tansu takes half the session timeout.
     egress_session_timeout_ms: int = Field(default=10_000, ge=1000)
 
+    # Audit trail writer (pipeline/audit_writer.py): SQLite in data_dir unless a DSN is given.
+    audit_dsn: SecretStr | None = None
+    # Ed25519 seed, base64 of 32 raw bytes; unset = a dev key kept in data_dir (warned).
+    audit_signing_key: SecretStr | None = None
+    audit_group: str = "wo-stream-audit"
+    audit_batch_size: int = Field(default=500, ge=1)
+    # Incremental integrity check + signed checkpoint of each chain head, this often.
+    audit_check_interval_seconds: float = Field(default=60.0, gt=0)
+    audit_session_timeout_ms: int = Field(default=10_000, ge=1000)
+    audit_metrics_port: int = Field(default=9109, ge=0, le=65535)
+
+    # Webhook dispatcher (pipeline/webhooks.py, docs/webhooks.md). Subscriptions: a JSON/YAML
+    # file; the secrets in it are read from env vars it names (never logged).
+    webhook_subscriptions: Path | None = None
+    webhook_group: str = "wo-stream-webhooks"
+    webhook_batch_size: int = Field(default=500, ge=1)
+    webhook_session_timeout_ms: int = Field(default=10_000, ge=1000)
+    webhook_metrics_port: int = Field(default=9110, ge=0, le=65535)
+    # SSRF guard: only global unicast addresses unless these admit more (e.g. on-prem ERP).
+    webhook_allow_private_networks: bool = False
+    webhook_allowed_networks: list[str] = Field(default_factory=list)
+    webhook_connect_timeout_seconds: float = Field(default=5.0, gt=0)
+    webhook_timeout_seconds: float = Field(default=15.0, gt=0)
+    webhook_max_response_bytes: int = Field(default=65_536, ge=0)
+    webhook_endpoint_concurrency: int = Field(default=4, ge=1)
+    # §8: exponential backoff with jitter, 48 h max, then the dead-letter stream.
+    webhook_retry_base_seconds: float = Field(default=30.0, gt=0)
+    webhook_retry_max_seconds: float = Field(default=4 * 3600.0, gt=0)
+    webhook_retry_jitter: float = Field(default=0.2, ge=0, lt=1)
+    webhook_retry_budget_seconds: float = Field(default=48 * 3600.0, ge=0)
+    # Finished deliveries are remembered this long, so a re-read event is not sent again.
+    webhook_retention_days: float = Field(default=8.0, gt=0)
+
 
 @lru_cache(maxsize=1)
 def get_settings() -> Settings:

@@ -289,6 +289,7 @@ def _run_env(marker: str, **extra: str) -> dict[str, str]:
         WO_TEST_RUN_MARKER=marker,
         WO_WEB_TOKENS=SECRET,
         WO_BRIDGE_METRICS_PORT=str(free_port()),  # never collide with another bridge
+        WO_AUDIT_METRICS_PORT=str(free_port()),
         PYTHONUNBUFFERED="1",
     )
     env.update(extra)
@@ -361,6 +362,7 @@ def test_run_embedded_default_stack_only(tmp_path: Path, marker: str) -> None:
     assert "simulate  3 tenants, 20 events/s" in out  # on by default for the embedded stack
     assert re.search(r"published [1-9]\d* events", out), out
     assert "stopped cleanly" in out and "bridge stopped (exit 0)" in out
+    assert "audit-writer stopped (exit 0)" in out
     assert SECRET not in out
     assert (data / "nats").is_dir()  # JetStream's file store lives in the data dir
     _assert_nothing_left(marker, proc)
@@ -497,7 +499,7 @@ def test_run_full_pipeline_with_worker(tmp_path: Path, marker: str) -> None:
     out = banner + _finish(proc, timeout=120)
     assert proc.returncode == 0, out
     assert "simulate stopped (exit 0)" in out and "worker stopped (exit 0)" in out
-    assert "bridge stopped (exit 0)" in out
+    assert "bridge stopped (exit 0)" in out and "audit-writer stopped (exit 0)" in out
     assert "stopped cleanly" in out and SECRET not in out
     assert "Closing event loop" in log.read_text()  # Faust shut down on its own, not killed
     _assert_nothing_left(marker, proc)

@@ -103,9 +103,8 @@ def test_our_services_get_the_production_servers(compose: dict[str, Any]) -> Non
 def test_our_environment_names_are_real_settings(compose: dict[str, Any]) -> None:
     # A typo in a WO_* name would be silently ignored (settings use extra="ignore").
     fields = {f"WO_{name.upper()}" for name in Settings.model_fields}
-    not_yet = {"WO_AUDIT_DSN"}  # the audit trail writer is a later issue
     for name, service in ours(compose).items():
-        unknown = {k for k in service["environment"] if k.startswith("WO_")} - fields - not_yet
+        unknown = {k for k in service["environment"] if k.startswith("WO_")} - fields
         assert not unknown, f"{name}: {sorted(unknown)}"
 
 
