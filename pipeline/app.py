@@ -145,9 +145,11 @@ def get_app() -> faust.App:
     """The process-wide app, from the environment's settings, with every agent and table
     of :mod:`pipeline.agents` registered (``python pipeline.py worker``, ``faust -A``)."""
     from pipeline.agents import register  # imported late: agents pull in tables and events
+    from pipeline.web import register_web
 
     app = create_app()
     register(app)
+    register_web(app)
     return app
 
 

@@ -211,6 +211,11 @@ def run(
         # with its own partition count, and the worker's tables need them co-partitioned.
         _create_topics(kafka_addr, settings)
         env = _child_env(settings, nats_addr, kafka_addr, data_root)
+        dev_tokens: dict[str, str] = {}
+        if settings.web_tokens is None and simulate:
+            # No configured tokens: one dev token per simulated tenant, shown once in the banner.
+            dev_tokens = _dev_tokens(seed, tenants)
+            env["WO_WEB_TOKENS"] = ",".join(f"{tok}={t}" for t, tok in dev_tokens.items())
         children: list[Child] = []
         # Stopped in reverse start order: simulator before worker, worker before servers.
         cleanup.callback(stop_all, children, stop_timeout, stop.hurry)
@@ -230,6 +235,7 @@ def run(
         _print_banner(
             nats_addr, kafka_addr, settings, data_root, streams, children,
             embedded=embedded, simulate=simulate, rate=rate, tenants=tenants, seed=seed,
+            dev_tokens=dev_tokens,
         )  # fmt: skip
         rc = supervise(children, stop, duration)
     click.echo("stopped cleanly" if rc == 0 else f"stopped (exit {rc})")
@@ -255,6 +261,14 @@ def _simulate_argv(nats_addr: str, rate: float, tenants: int, seed: int) -> list
         "--start", datetime.now(UTC).isoformat(timespec="seconds"),
         "--nats-url", nats_addr, "--no-progress", "--report-every", "10",
     ]  # fmt: skip
+
+
+def _dev_tokens(seed: int, tenants: int) -> dict[str, str]:
+    import secrets
+
+    from pipeline.simulate.generator import simulated_tenant_ids
+
+    return {t: secrets.token_urlsafe(24) for t in simulated_tenant_ids(seed, tenants)}
 
 
 def _child_env(settings: Any, nats_addr: str, kafka_addr: str, data_root: Path) -> dict[str, str]:
@@ -291,6 +305,7 @@ def _print_banner(
     rate: float,
     tenants: int,
     seed: int,
+    dev_tokens: dict[str, str],
 ) -> None:
     by_name = {c.name: c for c in children}
     nats_note = "  (embedded)" if embedded and not settings.nats_url else ""
@@ -322,6 +337,10 @@ def _print_banner(
     if simulate:
         rate_text = "as fast as possible" if rate == 0 else f"{rate:g} events/s"
         rows.append(("simulate", f"{tenants} tenants, {rate_text}, seed {seed}"))
+    if "worker" in by_name:
+        # Dev tokens only (generated for this run); configured WO_WEB_TOKENS are never printed.
+        for tenant, token in dev_tokens.items():
+            rows.append(("dashboard", f"{_web_url(settings.web_port)}#token={token}  ({tenant})"))
     click.echo("wo-stream is running")
     for key, value in rows:
         click.echo(f"  {key:<9} {value}")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 import subprocess
 import sys
@@ -512,3 +513,12 @@ def test_simulate_cli_publishes_to_nats(nats_url: str) -> None:
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr
     assert "published 300 events (0 duplicates" in proc.stdout
+
+
+def test_simulated_tenant_ids_are_the_tenants_of_the_traffic() -> None:
+    """`run` hands out dev dashboard tokens for these ids before any event exists."""
+    from pipeline.simulate.generator import simulated_tenant_ids
+
+    ids = simulated_tenant_ids(7, 3)
+    seen = {e.tenantId for e in itertools.islice(generate(SimConfig(seed=7, tenants=3)), 3000)}
+    assert len(ids) == 3 and set(ids) == seen

@@ -96,11 +96,20 @@ class _Running:
         return self.wait.ready()
 
 
+def simulated_tenant_ids(seed: int, tenants: int) -> list[str]:
+    """The tenant ids a simulation with this seed uses (its RNG's first draw)."""
+    return tenant_ids(random.Random(_rng_seed(seed)), tenants)
+
+
+def _rng_seed(seed: int) -> str:
+    # Seeding with a string is stable across Python versions (sha512 of the text).
+    return f"wo-stream-simulate/{seed}"
+
+
 class _Simulation:
     def __init__(self, config: SimConfig) -> None:
         self.config = config
-        # Seeding with a string is stable across Python versions (sha512 of the text).
-        self.rng = random.Random(f"wo-stream-simulate/{config.seed}")
+        self.rng = random.Random(_rng_seed(config.seed))
         self.ctx = Ctx(self.rng, to_ms(config.start))
         self.tenants = [make_tenant(self.rng, t) for t in tenant_ids(self.rng, config.tenants)]
         self.pools: dict[str, list[_Running]] = {t.id: [] for t in self.tenants}
