@@ -505,6 +505,28 @@ def audit_verify(nats_url: str | None, tenant: str | None) -> None:
 
 @cli.command()
 @nats_url_option
+@kafka_option
+def webhooks(nats_url: str | None, kafka_bootstrap: str | None) -> None:
+    """Deliver matching events to the tenants' webhook subscriptions (HMAC-signed POSTs).
+
+    Subscriptions come from the file WO_WEBHOOK_SUBSCRIPTIONS; retries back off up to 48 h,
+    then the delivery is dead-lettered. See docs/webhooks.md for the signature scheme.
+    """
+    import logging
+
+    from pipeline.webhooks import serve_webhooks
+
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    settings = _settings(nats_url=nats_url, kafka_bootstrap=kafka_bootstrap)
+    if not settings.nats_url or not settings.kafka_bootstrap:
+        raise click.UsageError("webhooks needs --nats-url and --kafka-bootstrap (or WO_*)")
+    raise SystemExit(serve_webhooks(settings))
+
+
+@cli.command()
+@nats_url_option
 def provision(nats_url: str | None) -> None:
     """Create or update the JetStream streams (idempotent), then exit."""
     settings = _settings(nats_url=nats_url)
