@@ -225,6 +225,9 @@ def run(
         if audit:
             log_path = data_root / "logs" / "audit-writer.log"
             children.append(spawn("audit-writer", [*CHILD_ARGV, "audit", "writer"], env, log_path))
+        if settings.webhook_subscriptions is not None:
+            log_path = data_root / "logs" / "webhooks.log"
+            children.append(spawn("webhooks", [*CHILD_ARGV, "webhooks"], env, log_path))
         if worker:
             log_path = data_root / "logs" / "worker.log"
             children.append(spawn("worker", [*CHILD_ARGV, "worker"], env, log_path))
