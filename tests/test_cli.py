@@ -287,7 +287,7 @@ def _run_env(marker: str, **extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("WO_")}
     env.update(
         WO_TEST_RUN_MARKER=marker,
-        WO_WEB_TOKENS=SECRET,
+        WO_WEB_TOKENS=f"{SECRET}=tenant_ci",
         WO_BRIDGE_METRICS_PORT=str(free_port()),  # never collide with another bridge
         WO_AUDIT_METRICS_PORT=str(free_port()),
         PYTHONUNBUFFERED="1",
