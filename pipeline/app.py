@@ -107,6 +107,8 @@ def create_app(
       health).
     * ``broker_session_timeout=10`` with the tansu transport only: see
       :data:`EMBEDDED_BROKER_SESSION_TIMEOUT`.
+    * the transport's consumer hands records to the streams without Faust's per-record
+      ``wait_first`` while the flow runs (:mod:`pipeline.agents.consumer`).
 
     Pinned although Faust 0.15 has the same default, because losing it would
     lose data: ``consumer_auto_offset_reset="earliest"`` (a new consumer
@@ -137,7 +139,14 @@ def create_app(
     if url.startswith("tansu://"):
         conf["broker_session_timeout"] = EMBEDDED_BROKER_SESSION_TIMEOUT
     conf.update(faust_overrides)
-    return faust.App(app_id, **conf)
+    app = faust.App(app_id, **conf)
+    # Faust's consumer starts four tasks per record it hands to the streams; this one does
+    # not while the flow runs (same offsets, acks and rebalance behaviour, see the module).
+    from pipeline.agents.consumer import fast_drain
+
+    transport = app.transport
+    transport.Consumer = fast_drain(transport.Consumer)  # type: ignore[misc]
+    return app
 
 
 @lru_cache(maxsize=1)

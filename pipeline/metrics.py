@@ -9,7 +9,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from prometheus_client import CollectorRegistry, Counter, Gauge
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+# Record latency buckets (seconds): fine below 100 ms, where a healthy worker's records are.
+LATENCY_BUCKETS = (
+    0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.03, 0.05, 0.075,
+    0.1, 0.15, 0.2, 0.3, 0.5, 0.75, 1.0, 2.0, 5.0, 10.0, 30.0,
+)  # fmt: skip
 
 
 @dataclass(frozen=True, slots=True)
@@ -28,6 +34,7 @@ class WorkerMetrics:
     timer_runs: Counter
     shards_deleted: Counter
     clock: Gauge
+    latency: Histogram
 
     @classmethod
     def create(cls, registry: CollectorRegistry | None = None) -> WorkerMetrics:
@@ -97,6 +104,12 @@ class WorkerMetrics:
             clock=Gauge(
                 "wo_worker_clock_seconds",
                 "The worker's clock at the latest tick (Unix seconds).",
+                registry=reg,
+            ),
+            latency=Histogram(
+                "wo_worker_record_latency_seconds",
+                "Per source record: from its stream taking it out of Faust's buffer to its ack.",
+                buckets=LATENCY_BUCKETS,
                 registry=reg,
             ),
         )

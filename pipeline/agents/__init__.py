@@ -25,7 +25,7 @@ import faust
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from pipeline.agents.config import WorkerSettings
-from pipeline.agents.runner import Runner
+from pipeline.agents.runner import CLOCK, Runner
 from pipeline.agents.web import register_views
 from pipeline.metrics import WorkerMetrics
 from pipeline.settings import Settings, get_settings
@@ -35,7 +35,7 @@ from tables.stages import STAGES
 
 __all__ = ["CLOCK_TABLE", "register"]
 
-CLOCK_TABLE = "wo_clock"
+CLOCK_TABLE = CLOCK
 
 
 def register(
@@ -73,6 +73,7 @@ def register(
         metrics=metrics,
         partitions=n,
         retry_max_seconds=worker.send_retry_max_seconds,
+        batch_max=worker.batch_max,
     )
 
     def agent(topic: Any, handler: str, name: str) -> None:

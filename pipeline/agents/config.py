@@ -10,7 +10,8 @@ from pipeline.topics import CONTROL_CLOCK
 
 
 class WorkerSettings(BaseSettings):
-    """``WO_CLOCK``, ``WO_TIMER_INTERVAL_SECONDS``, ``WO_CONTROL_TOPIC``, ``WO_FAUST_SENSORS``."""
+    """``WO_CLOCK``, ``WO_TIMER_INTERVAL_SECONDS``, ``WO_CONTROL_TOPIC``, ``WO_FAUST_SENSORS``,
+    ``WO_SEND_RETRY_MAX_SECONDS``, ``WO_BATCH_MAX``."""
 
     model_config = SettingsConfigDict(env_prefix="WO_", env_file=None, extra="ignore")
 
@@ -23,3 +24,6 @@ class WorkerSettings(BaseSettings):
     faust_sensors: bool = True
     # Wait between retries of a send the broker refused (the step is retried until it succeeds).
     send_retry_max_seconds: float = Field(default=10.0, gt=0)
+    # Records per processing batch at most (pipeline.agents.runner); a batch never waits for
+    # more records, so this only caps latency and memory under backlog.
+    batch_max: int = Field(default=500, ge=1)

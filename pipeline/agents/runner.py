@@ -1,22 +1,28 @@
 """The Faust side of a step: read states, send outputs, wait for acks, then write the tables.
 
-Order of one record's processing (all under the partition's lock, so the agents of different
-source topics never interleave on one table key):
+Records are processed in batches: an agent takes the records its stream has ready (up to
+``batch_max``, without waiting for more), and one batch at a time, across all agents (one lock,
+so agents of different source topics never interleave on one table key), goes through:
 
-1. decode the record and plan its :class:`~pipeline.agents.steps.Step` (reducers, no I/O);
-2. send the step's derived events (``wo.derived``) and repartition records, and wait until the
-   broker acknowledged every one of them (retrying with backoff while it refuses);
-3. write the step's table values (RocksDB + changelog), without an ``await`` in between, so a
-   cancelled agent writes all of them or none;
-4. ack the record (manual acks): Faust commits its offset later, after flushing the producer.
+1. decode every record and plan its :class:`~pipeline.agents.steps.Step` (reducers, no I/O),
+   in order; a record reads the values the records before it in the batch planned
+   (:class:`~pipeline.agents.batch.Pending`), so the batch computes what one-by-one would;
+2. send all the batch's derived events (``wo.derived``) and repartition records, pipelined,
+   and wait until the broker acknowledged every one of them (retrying with backoff while it
+   refuses);
+3. write the batch's table values, the last one per key (RocksDB + one changelog record),
+   without an ``await`` in between, so a cancelled agent writes all of them or none;
+4. ack the batch's records (manual acks): Faust commits their offsets later, after flushing
+   the producer (changelog records included).
 
 Why the outputs go before the table writes: a reducer remembers every id it applied and drops
 a redelivered one, so state written before its outputs were durable would, after a crash,
 make the redelivered record a duplicate and its outputs would never be sent. In this order a
-crash at any point either leaves no trace in the tables (the record is redelivered and its
-outputs sent again: derived ids are deterministic, downstream drops the copies) or finds the
-outputs already acknowledged. Acks are manual because Faust acks an event whose processing
-raised or was cancelled; a record is acked only once its step is complete.
+crash at any point either leaves no trace of the batch in the tables (its records are
+redelivered and their outputs sent again: derived ids are deterministic, downstream drops the
+copies) or finds all its outputs already acknowledged. Acks are manual because Faust acks an
+event whose processing raised or was cancelled; a record is acked only once its batch is
+complete.
 
 A redelivered duplicate writes its current value back (see ``steps.Planner._record``), so a
 local store that was ahead of its changelog at a crash is re-published.
@@ -26,8 +32,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import faust
@@ -36,6 +44,8 @@ from faust.types import EventT, TopicT
 from events.envelope import DomainEvent
 from events.ids import unix_ms
 from events.parsing import ParseError, parse_event
+from pipeline.agents.batch import Pending
+from pipeline.agents.cache import StateCache
 from pipeline.agents.records import (
     KIND_EVENT,
     KIND_FACT,
@@ -46,14 +56,17 @@ from pipeline.agents.records import (
     fact_record,
     header_map,
 )
-from pipeline.agents.steps import Planner, Step
+from pipeline.agents.steps import Planner, Step, Write
 from pipeline.agents.timer_index import TimerIndex
 from pipeline.metrics import WorkerMetrics
 from pipeline.timers import Clock, parse_tick
 from pipeline.topics import H_KIND, H_STAGES, WorkerTopics, partition_of
-from tables.stages import BY_NAME
+from tables.base import TableState
+from tables.stages import BY_NAME, Stage
 
 log = logging.getLogger(__name__)
+
+CLOCK = "wo_clock"  # the clock table's name in a Write (not a stage)
 
 _COUNTERS = {
     "duplicate": "duplicates",
@@ -63,6 +76,21 @@ _COUNTERS = {
     "timer": "timer_runs",
     "deleted": "shards_deleted",
 }
+
+#: Records per batch at most (see the module docstring); a batch never waits for more.
+BATCH_MAX = 500
+
+
+@dataclass(slots=True)
+class Planned:
+    """One record's planned effect: its step (None: nothing to do) and its output records."""
+
+    step: Step | None = None
+    records: list[tuple[TopicT, Record]] = field(default_factory=list)
+    event_type: str | None = None  # input events: for the per-type counter
+
+
+Plan = Callable[[EventT], Planned]
 
 
 class Runner:
@@ -79,6 +107,7 @@ class Runner:
         metrics: WorkerMetrics,
         partitions: int,
         retry_max_seconds: float = 10.0,
+        batch_max: int = BATCH_MAX,
     ) -> None:
         self.app = app
         self.topics = topics
@@ -88,100 +117,71 @@ class Runner:
         self.metrics = metrics
         self.partitions = partitions
         self.retry_max_seconds = retry_max_seconds
-        self.planner = Planner(self._read, partitions=partitions)
+        self.batch_max = batch_max
+        self.planner = Planner(self._read, partitions=partitions, decode=self._decode)
         self.index = TimerIndex(
             (s.name for s in self.planner.timed), (s.name for s in self.planner.windowed)
         )
         self.derived_name = topics.derived.get_topic_name()
         self.control_name = topics.control.get_topic_name()
-        self._locks: defaultdict[int, asyncio.Lock] = defaultdict(asyncio.Lock)
+        # One batch at a time across all agents: a batch's reads must see every earlier
+        # batch's writes, and those wait for the earlier batch's output acks.
+        self._lock = asyncio.Lock()
+        self._pending: Pending | None = None  # the batch being planned
+        self.cache = StateCache()
         # (topic, partition) -> next offset after the last record fully processed here
         self.positions: dict[tuple[str, int], int] = {}
         self.inflight = 0
         self.signals: defaultdict[str, int] = defaultdict(int)
+        # wall-clock seconds of the first and the latest record completed (benchmarks, status)
+        self.first_done: float | None = None
+        self.last_done: float | None = None
 
     # -- agents ------------------------------------------------------------------------------
 
     async def consume(self, stream: faust.StreamT, handler: str) -> None:
-        """Agent body: every record of ``stream`` through ``handler``, acked when complete."""
+        """Agent body: the records of ``stream`` in batches through ``handler``'s planner."""
         manual = stream.noack()
-        handle = getattr(self, handler)
+        plan = self._planner_for(handler)
+        # Ticks run timers from the index, which only written batches update: one per batch.
+        limit = 1 if handler == "on_tick" else self.batch_max
+        queue = manual.channel.queue
+        batch: list[EventT] = []
         async for event in manual.events():
-            message = event.message
+            batch.append(event)
+            if len(batch) < limit and not queue.empty():
+                continue  # more records are ready: take them into this batch
+            events, batch = batch, []
             try:
-                async with self._locks[message.partition]:
-                    await handle(event)
+                await self._process(events, plan, manual._set_current_event)
             except Exception as exc:
                 # Reducer errors are handled per item (steps.Planner); anything else is a bug
-                # or a broken store: stop the worker loudly, the record stays unacked.
-                log.exception("processing %s[%d]@%d failed", message.topic,
-                              message.partition, message.offset)  # fmt: skip
+                # or a broken store: stop the worker loudly, the batch stays unacked.
+                first = events[0].message
+                log.exception("processing a batch of %d from %s[%d]@%d failed", len(events),
+                              first.topic, first.partition, first.offset)  # fmt: skip
                 await self.app.crash(exc)
                 raise
-            await manual.ack(event)
-            self.positions[message.topic, message.partition] = message.offset + 1
+            now = time.monotonic()
+            for event in events:
+                await manual.ack(event)
+                message = event.message
+                self.positions[message.topic, message.partition] = message.offset + 1
+                if message.time_in is not None:  # Faust's sensor clock is monotonic
+                    self.metrics.latency.observe(now - message.time_in)
+            self._done()
 
     async def on_event(self, event: EventT) -> None:
-        """A domain topic or ``wo.derived`` record: an event for the tables."""
-        message = event.message
-        parsed = self._parse(message.value, message.topic)
-        if parsed is None:
-            return
-        p = message.partition
-        now = self._now(p, parsed.timestamp)
-        derived_source = message.topic == self.derived_name
-        step = self.planner.event(parsed, p, now, derived_source=derived_source)
-        reroutes = [
-            event_record(key, stages, message.value, unix_ms(parsed.timestamp), self.partitions)
-            for key, stages in step.reroutes.items()
-        ]
-        await self._complete(step, reroutes)
-        self.metrics.events.labels(message.topic, parsed.type).inc()
+        """A domain topic or ``wo.derived`` record, processed alone (tests, tools)."""
+        await self._process([event], self._plan_event)
 
     async def on_forward(self, event: EventT) -> None:
-        """A repartition record: a fact or an event for the table key it is keyed by."""
-        message = event.message
-        headers = header_map(message.headers)
-        stages = [s for s in headers.get(H_STAGES, "").split(",") if s in BY_NAME]
-        kind = headers.get(H_KIND)
-        key = message.key.decode() if isinstance(message.key, bytes) else None
-        if not stages or key is None or kind not in (KIND_FACT, KIND_EVENT):
-            self._invalid(message.topic, "repartition record without table, key or kind")
-            return
-        p = message.partition
-        if kind == KIND_EVENT:
-            parsed = self._parse(message.value, message.topic)
-            if parsed is None:
-                return
-            step = self.planner.rerouted(parsed, stages, key, p, self._now(p, parsed.timestamp))
-        else:
-            try:
-                fact = decode_fact(stages[0], message.value)
-            except ValueError as exc:  # pydantic's ValidationError is a ValueError
-                self._invalid(message.topic, f"undecodable fact for {stages[0]}: {exc}")
-                return
-            step = self.planner.fact(stages[0], key, fact, p, self._now(p, fact.at))
-        await self._complete(step)
+        """A repartition record, processed alone (tests, tools)."""
+        await self._process([event], self._plan_forward)
 
     async def on_tick(self, event: EventT) -> None:
-        """A control record: move the partition's clock and run its due timers."""
-        message = event.message
-        try:
-            at = parse_tick(message.value)
-        except ValueError:
-            self._invalid(message.topic, "not a clock tick")
-            return
-        p = message.partition
-        self._load_clock(p)
-        now, persist_ms = self.clock.advance(p, at)
-        if not self.index.built(p):
-            self._build_index()
-        now_ms = unix_ms(now)
-        step = self.planner.timers(p, now, self.index.due(p, now_ms), self.index.shards(p))
-        await self._complete(step)
-        if persist_ms is not None:
-            self.clock_table[str(p)] = persist_ms
-        self.metrics.clock.set(now_ms / 1000)
+        """A control record, processed alone (tests, tools)."""
+        await self._process([event], self._plan_tick)
 
     async def send_ticks(self, at: Any) -> None:
         """Wall clock: one tick per partition (the leader's timer)."""
@@ -195,11 +195,161 @@ class Runner:
         """Partitions moved: cached clocks and the timer index are reloaded on next use."""
         self.clock.forget()
         self.index.clear()
+        self.cache.clear()
+
+    # -- planning (no I/O) -------------------------------------------------------------------
+
+    def _planner_for(self, handler: str) -> Plan:
+        return {
+            "on_event": self._plan_event,
+            "on_forward": self._plan_forward,
+            "on_tick": self._plan_tick,
+        }[handler]
+
+    def _plan_event(self, event: EventT) -> Planned:
+        """A domain topic or ``wo.derived`` record: an event for the tables."""
+        message = event.message
+        parsed = self._parse(message.value, message.topic)
+        if parsed is None:
+            return Planned()
+        p = message.partition
+        now = self._now(p, parsed.timestamp)
+        derived_source = message.topic == self.derived_name
+        step = self.planner.event(parsed, p, now, derived_source=derived_source)
+        reroutes = [
+            event_record(key, stages, message.value, unix_ms(parsed.timestamp), self.partitions)
+            for key, stages in step.reroutes.items()
+        ]
+        return Planned(step, self._outputs(step, reroutes), parsed.type)
+
+    def _plan_forward(self, event: EventT) -> Planned:
+        """A repartition record: a fact or an event for the table key it is keyed by."""
+        message = event.message
+        headers = header_map(message.headers)
+        stages = [s for s in headers.get(H_STAGES, "").split(",") if s in BY_NAME]
+        kind = headers.get(H_KIND)
+        key = message.key.decode() if isinstance(message.key, bytes) else None
+        if not stages or key is None or kind not in (KIND_FACT, KIND_EVENT):
+            self._invalid(message.topic, "repartition record without table, key or kind")
+            return Planned()
+        p = message.partition
+        if kind == KIND_EVENT:
+            parsed = self._parse(message.value, message.topic)
+            if parsed is None:
+                return Planned()
+            step = self.planner.rerouted(parsed, stages, key, p, self._now(p, parsed.timestamp))
+        else:
+            try:
+                fact = decode_fact(stages[0], message.value)
+            except ValueError as exc:  # pydantic's ValidationError is a ValueError
+                self._invalid(message.topic, f"undecodable fact for {stages[0]}: {exc}")
+                return Planned()
+            step = self.planner.fact(stages[0], key, fact, p, self._now(p, fact.at))
+        return Planned(step, self._outputs(step))
+
+    def _plan_tick(self, event: EventT) -> Planned:
+        """A control record: move the partition's clock and run its due timers."""
+        message = event.message
+        try:
+            at = parse_tick(message.value)
+        except ValueError:
+            self._invalid(message.topic, "not a clock tick")
+            return Planned()
+        p = message.partition
+        self._load_clock(p)
+        now, persist_ms = self.clock.advance(p, at)
+        if not self.index.built(p):
+            self._build_index()
+        now_ms = unix_ms(now)
+        step = self.planner.timers(p, now, self.index.due(p, now_ms), self.index.shards(p))
+        if persist_ms is not None:
+            step.writes.append(Write(CLOCK, str(p), persist_ms))  # type: ignore[arg-type]
+        self.metrics.clock.set(now_ms / 1000)
+        return Planned(step, self._outputs(step))
+
+    def _outputs(self, step: Step, reroutes: Sequence[Record] = ()) -> list[tuple[TopicT, Record]]:
+        records: list[tuple[TopicT, Record]] = [
+            (self.topics.derived, derived_record(e, self.partitions)) for e in step.derived
+        ]
+        records += [(self.topics.forwards, fact_record(f, self.partitions)) for f in step.forwards]
+        records += [(self.topics.forwards, r) for r in reroutes]
+        return records
+
+    # -- one batch ---------------------------------------------------------------------------
+
+    async def _process(
+        self,
+        events: Sequence[EventT],
+        plan: Plan,
+        context: Callable[[EventT | None], None] = lambda event: None,
+    ) -> None:
+        """Plan ``events`` in order, send their outputs, then write their tables (docstring)."""
+        async with self._lock:
+            pending = self._pending = Pending()
+            planned: list[Planned] = []
+            try:
+                for event in events:
+                    context(event)  # reads (RocksDB) go to the store of the record's partition
+                    item = plan(event)
+                    if item.step is not None:
+                        for write in item.step.writes:
+                            pending.add(write, item.step.partition, event)
+                    planned.append(item)
+            finally:
+                self._pending = None
+            records = [r for item in planned for r in item.records]
+            if records:
+                await self._send(records)
+            for entry in pending.writes():  # no await from here on: all of them or none
+                context(entry.context)  # Faust takes the changelog partition from it
+                self._write(entry.write, entry.partition)
+            context(None)
+            for event, item in zip(events, planned, strict=True):
+                if item.step is not None:
+                    self._count(item.step)
+                if item.event_type is not None:
+                    self.metrics.events.labels(event.message.topic, item.event_type).inc()
+
+    def _write(self, write: Write, partition: int) -> None:
+        if write.stage == CLOCK:
+            self.clock_table[write.key] = write.value
+            return
+        table = self.tables[write.stage]
+        if write.value is None:
+            if write.key in table:
+                del table[write.key]
+        else:
+            table[write.key] = write.value
+        self.cache.put(write.stage, write.key, write.value, write.state)
+        self.index.update(partition, write)
 
     # -- internals ---------------------------------------------------------------------------
 
     def _read(self, table: str, key: str) -> dict[str, Any] | None:
-        return self.tables[table].get(key)
+        if self._pending is not None:
+            write = self._pending.get(table, key)
+            if write is not None:
+                return write.value
+        cached = self.cache.get(table, key)
+        if cached is not None:
+            return cached[0]
+        value = self.tables[table].get(key)
+        self.cache.put(table, key, value, None)
+        return value
+
+    def _decode(self, stage: Stage, key: str, raw: dict[str, Any]) -> TableState:
+        """The model of ``raw`` (a value ``_read`` returned), validated once per value."""
+        if self._pending is not None:
+            write = self._pending.get(stage.name, key)
+            if write is not None and write.value is raw and write.state is not None:
+                return write.state
+        cached = self.cache.get(stage.name, key)
+        if cached is not None and cached[0] is raw and cached[1] is not None:
+            return cached[1]
+        state = stage.state.from_dict(raw)
+        if cached is not None and cached[0] is raw:
+            self.cache.put(stage.name, key, raw, state)
+        return state
 
     def _load_clock(self, partition: int) -> None:
         if not self.clock.known(partition):
@@ -238,24 +388,6 @@ class Runner:
 
         self.index.build(actives, entries())
 
-    async def _complete(self, step: Step, reroutes: list[Record] | None = None) -> None:
-        records: list[tuple[TopicT, Record]] = [
-            (self.topics.derived, derived_record(e, self.partitions)) for e in step.derived
-        ]
-        records += [(self.topics.forwards, fact_record(f, self.partitions)) for f in step.forwards]
-        records += [(self.topics.forwards, r) for r in reroutes or ()]
-        if records:
-            await self._send(records)
-        for write in step.writes:  # no await from here on: all of them or none
-            table = self.tables[write.stage]
-            if write.value is None:
-                if write.key in table:
-                    del table[write.key]
-            else:
-                table[write.key] = write.value
-            self.index.update(step.partition, write)
-        self._count(step)
-
     async def _send(self, records: list[tuple[TopicT, Record]]) -> None:
         attempt = 0
         self.inflight += len(records)
@@ -276,7 +408,7 @@ class Runner:
                     return
                 except asyncio.CancelledError:
                     raise
-                except Exception as exc:  # the broker refused: retry the whole step's output
+                except Exception as exc:  # the broker refused: retry the whole batch's output
                     attempt += 1
                     delay = min(self.retry_max_seconds, 0.1 * 2**attempt)
                     log.warning("send failed (%r), retry %d in %.1fs", exc, attempt, delay)
@@ -284,6 +416,11 @@ class Runner:
                     await asyncio.sleep(delay)
         finally:
             self.inflight -= len(records)
+
+    def _done(self) -> None:
+        self.last_done = time.time()
+        if self.first_done is None:
+            self.first_done = self.last_done
 
     def _count(self, step: Step) -> None:
         m = self.metrics

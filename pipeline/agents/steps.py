@@ -34,6 +34,12 @@ log = logging.getLogger(__name__)
 
 Reader = Callable[[str, str], dict[str, Any] | None]
 """``read(table, key)``: the stored value (``to_dict`` form) or None."""
+Decoder = Callable[[Stage, str, dict[str, Any]], TableState]
+"""``decode(stage, key, raw)``: the state model of a value ``read`` returned."""
+
+
+def from_dict(stage: Stage, key: str, raw: dict[str, Any]) -> TableState:
+    return stage.state.from_dict(raw)
 
 
 @dataclass(slots=True)
@@ -44,6 +50,7 @@ class Write:
     key: str
     value: dict[str, Any] | None
     deadline_ms: int | None = None  # next timer deadline of the new value (timer tables)
+    state: TableState | None = None  # the model ``value`` was dumped from (decode cache)
 
 
 @dataclass(slots=True)
@@ -72,8 +79,10 @@ class Planner:
         partitions: int,
         config: Config | None = None,
         stages: Iterable[Stage] = STAGES,
+        decode: Decoder = from_dict,
     ) -> None:
         self.read = read
+        self.decode = decode
         self.partitions = partitions
         self.config = config or Config()
         self.stages = tuple(stages)
@@ -134,7 +143,7 @@ class Planner:
             if raw is None or stage.tick is None:
                 continue
             try:
-                state = stage.state.from_dict(raw)
+                state = self.decode(stage, key, raw)
                 config = self.config.for_tenant(state.tenant)
                 result = stage.tick(state, now, config=config)
             except Exception:  # a bad stored value must not stop every other timer
@@ -197,7 +206,7 @@ class Planner:
     ) -> None:
         raw = self.read(stage.name, key)
         try:
-            state = None if raw is None else stage.state.from_dict(raw)
+            state = None if raw is None else self.decode(stage, key, raw)
             result = stage.apply(state, item, now, key=key, config=config)
         except Exception:  # tenant mismatch, unreadable state: refuse this item, say so
             log.exception("%s[%s] refused item %s; skipped", stage.name, key, item.id)
@@ -222,7 +231,7 @@ class Planner:
             # lets the changelog catch up before the partition moves or the disk is lost.
             if raw is not None:
                 step.writes.append(
-                    Write(stage.name, key, raw, self._deadline(stage, state, config))
+                    Write(stage.name, key, raw, self._deadline(stage, state, config), state)
                 )
             return
         if result.late:
@@ -231,7 +240,9 @@ class Planner:
             step.signals["expired", stage.name] += result.expired
         if result.state is not state:
             deadline = self._deadline(stage, result.state, config)
-            step.writes.append(Write(stage.name, key, result.state.to_dict(), deadline))
+            step.writes.append(
+                Write(stage.name, key, result.state.to_dict(), deadline, result.state)
+            )
         step.derived.extend(result.derived)
         step.forwards.extend(result.forwards)
 

@@ -15,7 +15,9 @@ def status(runner: Runner) -> dict[str, Any]:
     ``positions[topic][partition]`` is the next offset to process: the larger of the offset
     after the last record this process completed and the group's committed offset (a partition
     whose records were all committed before this process started shows its committed offset).
-    ``inflight`` counts sends not yet acknowledged by the broker.
+    ``inflight`` counts sends not yet acknowledged by the broker; ``first_done`` and
+    ``last_done`` are the wall-clock times (Unix seconds) of the first and the latest record
+    this process completed (None before the first).
     """
     positions: dict[str, dict[str, int]] = {}
     sources = set(runner.topics.sources())
@@ -33,6 +35,8 @@ def status(runner: Runner) -> dict[str, Any]:
         "assigned": sorted(tp.partition for tp in actives if tp.topic == runner.control_name),
         "positions": positions,
         "inflight": runner.inflight,
+        "first_done": runner.first_done,
+        "last_done": runner.last_done,
         "signals": dict(runner.signals),
     }
 
