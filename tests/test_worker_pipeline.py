@@ -14,11 +14,13 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
+from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import orjson
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from connectors.embedded import EmbeddedStack
 from events.keys import record_key
@@ -110,6 +112,26 @@ async def check_output(broker: Broker, scenario: Scenario) -> dict[str, int]:
     return {"derived records": len(records), "derived ids": len(got)}
 
 
+def assert_violation_metrics(metrics: str, scenario: Scenario) -> None:
+    """wo_compliance_violations_total{tenant,regulation,severity} counts the derived ones."""
+    want: Counter[tuple[str, str, str]] = Counter()
+    for value in scenario.expected_derived().values():
+        event = orjson.loads(value)
+        if event["type"] == "compliance.violation_detected":
+            data = event["data"]
+            want[(event["tenantId"], data["regulation"], data["severity"])] += 1
+    assert want, "the scenario derives violations"
+    got: Counter[tuple[str, str, str]] = Counter()
+    for family in text_string_to_metric_families(metrics):
+        if family.name == "wo_compliance_violations":
+            for sample in family.samples:
+                if sample.name.endswith("_total"):
+                    labels = sample.labels
+                    key = (labels["tenant"], labels["regulation"], labels["severity"])
+                    got[key] += int(sample.value)
+    assert got == want
+
+
 async def run_phases(broker: Broker, scenario: Scenario, workers: list[PipelineWorker],
                      phases: range) -> None:  # fmt: skip
     for n in phases:
@@ -138,6 +160,7 @@ async def test_scenario_gives_the_reference_output(
         assert 'wo_worker_late_events_total{table="compliance_windows"} 1.0' in metrics
         assert "wo_worker_derived_events_total" in metrics
         assert "faust_messages_received" in metrics  # Faust's own sensor
+        assert_violation_metrics(metrics, scenario)
         worker.stop()
     print(f"\n{counts}; " + "; ".join(f"{k}: {v:.1f}s" for k, v in timings.items()))
 

@@ -94,6 +94,12 @@ def register(
         async def tick() -> None:
             await runner.send_ticks(datetime.now(UTC))
 
+    @app.timer(interval=worker.table_size_interval_seconds)
+    async def table_sizes() -> None:
+        # len() iterates this worker's keys in RocksDB, hence a slow interval.
+        for name, table in tables.items():
+            runner.domain.set_table_size(name, len(table))
+
     async def rebalanced(sender: Any, *args: Any, **kwargs: Any) -> None:
         runner.on_rebalance()
 

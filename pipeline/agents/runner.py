@@ -58,6 +58,7 @@ from pipeline.agents.records import (
 )
 from pipeline.agents.steps import Planner, Step, Write
 from pipeline.agents.timer_index import TimerIndex
+from pipeline.domain_metrics import DomainMetrics
 from pipeline.metrics import WorkerMetrics
 from pipeline.timers import Clock, parse_tick
 from pipeline.topics import H_KIND, H_STAGES, WorkerTopics, partition_of
@@ -88,6 +89,7 @@ class Planned:
     step: Step | None = None
     records: list[tuple[TopicT, Record]] = field(default_factory=list)
     event_type: str | None = None  # input events: for the per-type counter
+    event: DomainEvent | None = None  # input events: for the domain metrics
 
 
 Plan = Callable[[EventT], Planned]
@@ -115,6 +117,8 @@ class Runner:
         self.clock_table = clock_table
         self.clock = clock
         self.metrics = metrics
+        # Served by the same registry as the worker metrics (/metrics).
+        self.domain = DomainMetrics(metrics.registry)
         self.partitions = partitions
         self.retry_max_seconds = retry_max_seconds
         self.batch_max = batch_max
@@ -220,7 +224,7 @@ class Runner:
             event_record(key, stages, message.value, unix_ms(parsed.timestamp), self.partitions)
             for key, stages in step.reroutes.items()
         ]
-        return Planned(step, self._outputs(step, reroutes), parsed.type)
+        return Planned(step, self._outputs(step, reroutes), parsed.type, parsed)
 
     def _plan_forward(self, event: EventT) -> Planned:
         """A repartition record: a fact or an event for the table key it is keyed by."""
@@ -304,11 +308,14 @@ class Runner:
                 context(entry.context)  # Faust takes the changelog partition from it
                 self._write(entry.write, entry.partition)
             context(None)
+            wall = time.time()
             for event, item in zip(events, planned, strict=True):
                 if item.step is not None:
                     self._count(item.step)
                 if item.event_type is not None:
                     self.metrics.events.labels(event.message.topic, item.event_type).inc()
+                if item.event is not None:
+                    self.domain.observe_processed(item.event, wall)
 
     def _write(self, write: Write, partition: int) -> None:
         if write.stage == CLOCK:
@@ -426,6 +433,7 @@ class Runner:
         m = self.metrics
         for event in step.derived:
             m.derived.labels(event.type).inc()
+            self.domain.observe_derived(event)
         for forward in step.forwards:
             m.forwards.labels(forward.stage).inc()
         for stages in step.reroutes.values():
