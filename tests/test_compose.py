@@ -18,6 +18,7 @@ from pipeline.cli import cli
 from pipeline.settings import Settings
 
 REPO = Path(__file__).resolve().parent.parent
+WEBHOOKS_FILE = REPO / "deploy" / "webhooks" / "subscriptions.json"
 COMPOSE = REPO / "docker-compose.yml"
 DOCKERFILE = REPO / "Dockerfile"
 PROMETHEUS = REPO / "deploy" / "prometheus" / "prometheus.yml"
@@ -103,8 +104,10 @@ def test_our_services_get_the_production_servers(compose: dict[str, Any]) -> Non
 def test_our_environment_names_are_real_settings(compose: dict[str, Any]) -> None:
     # A typo in a WO_* name would be silently ignored (settings use extra="ignore").
     fields = {f"WO_{name.upper()}" for name in Settings.model_fields}
+    # Webhook secrets are read from the variables the subscription file names (secret_env).
+    secret_refs = set(re.findall(r'"secret_env": "(WO_[A-Z0-9_]+)"', WEBHOOKS_FILE.read_text()))
     for name, service in ours(compose).items():
-        unknown = {k for k in service["environment"] if k.startswith("WO_")} - fields
+        unknown = {k for k in service["environment"] if k.startswith("WO_")} - fields - secret_refs
         assert not unknown, f"{name}: {sorted(unknown)}"
 
 
@@ -126,7 +129,7 @@ def test_every_dependency_waits_on_a_condition(compose: dict[str, Any]) -> None:
 
 
 def test_no_secret_in_plain_sight(compose: dict[str, Any]) -> None:
-    secretish = re.compile(r"PASSWORD|SECRET|TOKEN|DSN", re.IGNORECASE)
+    secretish = re.compile(r"PASSWORD|SECRET|TOKEN|DSN|KEY", re.IGNORECASE)
     checked = 0
     for name, service in compose["services"].items():
         for key, value in (service.get("environment") or {}).items():
@@ -134,8 +137,8 @@ def test_no_secret_in_plain_sight(compose: dict[str, Any]) -> None:
                 continue
             checked += 1
             # Required interpolation: compose refuses to start when the variable is unset.
-            assert re.search(r"\$\{POSTGRES_PASSWORD:\?[^}]*\}", str(value)), f"{name}.{key}"
-    assert checked >= 2
+            assert re.search(r"\$\{[A-Z_]+:\?[^}]*\}", str(value)), f"{name}.{key}"
+    assert checked >= 4
 
 
 def test_dockerfile_runs_the_console_script_as_non_root() -> None:
@@ -175,3 +178,14 @@ def test_prometheus_scrapes_worker_and_bridge(compose: dict[str, Any]) -> None:
     assert ("/metrics", f"bridge:{bridge_port}") in targets.values()
     mounts = services["prometheus"]["volumes"]
     assert "./deploy/prometheus/prometheus.yml:/etc/prometheus/prometheus.yml:ro" in mounts
+
+
+def test_the_webhook_subscription_file_compose_mounts_is_valid(compose: dict[str, Any]) -> None:
+    from pipeline.webhook_config import load_subscriptions
+
+    service = compose["services"]["webhooks"]
+    source = next(v.split(":")[0] for v in service["volumes"] if v.endswith("webhooks.json:ro"))
+    secret_vars = [k for k in service["environment"] if k.startswith("WO_WEBHOOK_SECRET_")]
+    env = {name: "a-secret-of-at-least-16-bytes" for name in secret_vars}
+    subscriptions = load_subscriptions(REPO / source, env=env)
+    assert subscriptions and all(not s.active for s in subscriptions)  # an inactive example
