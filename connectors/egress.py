@@ -51,6 +51,7 @@ from connectors.dead_letter import (
     pause,
     publish_pipelined,
 )
+from connectors.kafka_consumer import poll_until_stopped, stop_quietly
 from events.parsing import ParseError, parse_event
 from events.subjects import domain_for
 from pipeline.settings import Settings
@@ -181,31 +182,18 @@ class Egress:
 
     async def _drop_consumer(self) -> None:
         consumer, self._consumer = self._consumer, None
-        if consumer is not None:
-            try:
-                await consumer.stop()
-            except Exception:  # already broken
-                pass
+        await stop_quietly(consumer)
 
     async def _loop(self, consumer: AIOKafkaConsumer) -> None:
-        stop_wait = asyncio.create_task(self._stop.wait())
-        try:
-            while not self._stop.is_set():
-                poll = asyncio.create_task(
-                    consumer.getmany(timeout_ms=1000, max_records=self._settings.egress_batch_size)
-                )
-                await asyncio.wait({poll, stop_wait}, return_when=asyncio.FIRST_COMPLETED)
-                if not poll.done():
-                    poll.cancel()
-                    break
-                batches = poll.result()
-                self.stats.assigned = bool(consumer.assignment())
-                if not batches:
-                    self._set_health(True)
-                    continue
-                await self.handle_batch(consumer, batches)
-        finally:
-            stop_wait.cancel()
+        size = self._settings.egress_batch_size
+        while (
+            batches := await poll_until_stopped(consumer, self._stop, max_records=size)
+        ) is not None:
+            self.stats.assigned = bool(consumer.assignment())
+            if not batches:
+                self._set_health(True)
+                continue
+            await self.handle_batch(consumer, batches)
 
     async def handle_batch(
         self, consumer: AIOKafkaConsumer, batches: dict[TopicPartition, list[ConsumerRecord]]

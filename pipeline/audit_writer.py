@@ -53,6 +53,7 @@ from connectors.dead_letter import (
     now_iso,
     pause,
 )
+from connectors.kafka_consumer import poll_until_stopped, stop_quietly
 from connectors.kafka_topics import ensure_topics
 from events.envelope import DomainEvent
 from events.parsing import ParseError, parse_event
@@ -200,8 +201,11 @@ class AuditWriter:
                     break
                 except Exception as exc:  # broker trouble or a bug: rebuild, never commit early
                     failures += 1
-                    log.warning("audit writer error %s; re-reading from the last commit",
-                                type(exc).__name__, exc_info=not isinstance(exc, KafkaError))
+                    log.warning(
+                        "audit writer error %s; re-reading from the last commit",
+                        type(exc).__name__,
+                        exc_info=not isinstance(exc, KafkaError),
+                    )
                     await self._drop_consumer()
                     try:
                         await pause(_BACKOFF.delay(failures), self._stop, self._sleep)
@@ -212,28 +216,15 @@ class AuditWriter:
 
     async def _drop_consumer(self) -> None:
         consumer, self._consumer = self._consumer, None
-        if consumer is not None:
-            try:
-                await consumer.stop()
-            except Exception:  # already broken
-                pass
+        await stop_quietly(consumer)
 
     async def _loop(self, consumer: AIOKafkaConsumer) -> None:
-        stop_wait = asyncio.create_task(self._stop.wait())
-        try:
-            while not self._stop.is_set():
-                poll = asyncio.create_task(
-                    consumer.getmany(timeout_ms=1000, max_records=self._settings.audit_batch_size)
-                )
-                await asyncio.wait({poll, stop_wait}, return_when=asyncio.FIRST_COMPLETED)
-                if not poll.done():
-                    poll.cancel()
-                    break
-                batches = poll.result()
-                if batches:
-                    await self.handle_batch(consumer, batches)
-        finally:
-            stop_wait.cancel()
+        size = self._settings.audit_batch_size
+        while (
+            batches := await poll_until_stopped(consumer, self._stop, max_records=size)
+        ) is not None:
+            if batches:
+                await self.handle_batch(consumer, batches)
 
     # -- one batch -------------------------------------------------------------------------
 

@@ -61,6 +61,7 @@ from connectors.dead_letter import (
     pause,
     target_subject,
 )
+from connectors.kafka_consumer import poll_until_stopped, stop_quietly
 from connectors.webhook_http import AddressPolicy, HttpLimits, WebhookSender
 from connectors.webhook_store import AsyncWebhookStore, Delivery, NewDelivery, WebhookStore
 from events.parsing import ParseError, parse_event
@@ -546,27 +547,15 @@ class Dispatcher:
                 except Stopping:
                     break
             finally:
-                try:
-                    await consumer.stop()
-                except Exception:
-                    pass
+                await stop_quietly(consumer)
 
     async def _consume(self, consumer: AIOKafkaConsumer) -> None:
-        stop_wait = asyncio.ensure_future(self._stop.wait())
-        try:
-            while not self._stop.is_set():
-                poll = asyncio.ensure_future(
-                    consumer.getmany(timeout_ms=1000, max_records=self._settings.webhook_batch_size)
-                )
-                await asyncio.wait({poll, stop_wait}, return_when=asyncio.FIRST_COMPLETED)
-                if not poll.done():
-                    poll.cancel()
-                    return
-                batches = poll.result()
-                if batches:
-                    await self.handle_batch(consumer, batches)
-        finally:
-            stop_wait.cancel()
+        size = self._settings.webhook_batch_size
+        while (
+            batches := await poll_until_stopped(consumer, self._stop, max_records=size)
+        ) is not None:
+            if batches:
+                await self.handle_batch(consumer, batches)
 
     async def handle_batch(
         self, consumer: AIOKafkaConsumer, batches: dict[TopicPartition, list[ConsumerRecord]]
