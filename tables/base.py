@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import copy
+from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import date, datetime, time, timedelta
+from enum import Enum
 from typing import Any, Generic, Self, TypeVar
 
 from pydantic import BaseModel, ConfigDict
@@ -134,7 +137,7 @@ class Result(Generic[S]):
 
 def admit(
     state: S | None,
-    fresh: S,
+    fresh: S | Callable[[], S],
     key: str,
     tenant: str,
     item_id: str,
@@ -145,12 +148,86 @@ def admit(
 
     Returns the state to work on and whether the item is a duplicate. For a duplicate the state
     is the one given, untouched; otherwise it is a deep copy (the caller's object is never
-    mutated) that already remembers ``item_id``.
+    mutated) that already remembers ``item_id``. ``fresh`` is the state of a new key, or a
+    function making it (called only when ``state`` is None).
     """
     check_tenant(key, tenant, state)
-    current = fresh if state is None else state
+    if state is not None:
+        current = state
+    else:
+        current = fresh() if callable(fresh) else fresh
     if item_id in current.seen:
         return current, True
-    work = current.model_copy(deep=True)
+    # ``seen`` is replaced by a new memory right away, so it is not copied first.
+    work = clone(current, skip="seen")
     work.seen = current.seen.remember(item_id, now, horizon)
     return work, False
+
+
+_IMMUTABLE: frozenset[type] = frozenset(
+    {str, int, float, bool, type(None), bytes, datetime, date, time, timedelta}
+)
+
+
+def _clone_value(value: Any) -> Any:
+    """Deep copy of plain state data (what ``copy.deepcopy`` gives, much faster).
+
+    State values are JSON-like: scalars, datetimes, enums, tuples, lists, dicts and pydantic
+    models. Immutable values are shared (as ``deepcopy`` does), containers and models are
+    rebuilt; anything else falls back to ``copy.deepcopy``. A frozen model holding only
+    immutable values (``Cause``) is immutable too, so it is shared.
+    """
+    kind = type(value)
+    if kind in _IMMUTABLE:
+        return value
+    imm = _IMMUTABLE
+    if kind is dict:
+        return {
+            (k if type(k) in imm else _clone_value(k)): (v if type(v) in imm else _clone_value(v))
+            for k, v in value.items()
+        }
+    if kind is list:
+        return [v if type(v) in imm else _clone_value(v) for v in value]
+    if kind is tuple:
+        if all(type(v) in imm for v in value):
+            return value  # like deepcopy: a tuple of immutable items is itself returned
+        items = tuple(_clone_value(v) for v in value)
+        return value if all(a is b for a, b in zip(items, value, strict=True)) else items
+    if isinstance(value, BaseModel):
+        if (
+            value.model_config.get("frozen")
+            and value.__pydantic_extra__ is None
+            and all(type(v) in imm for v in value.__dict__.values())
+        ):
+            return value
+        return clone(value)
+    if isinstance(value, Enum):
+        return value
+    return copy.deepcopy(value)
+
+
+M = TypeVar("M", bound=BaseModel)
+
+
+def clone(model: M, *, skip: str | None = None) -> M:
+    """A deep copy of ``model`` (same as ``model.model_copy(deep=True)``), without ``deepcopy``.
+
+    ``skip`` names one field that is shared instead of copied: only for a field the caller
+    replaces at once (``admit`` replaces ``seen``), never one it mutates in place.
+    """
+    cls = type(model)
+    out = cls.__new__(cls)
+    imm = _IMMUTABLE
+    fields = {
+        k: (v if type(v) in imm or k == skip else _clone_value(v))
+        for k, v in model.__dict__.items()
+    }
+    object.__setattr__(out, "__dict__", fields)
+    extra = model.__pydantic_extra__
+    object.__setattr__(out, "__pydantic_extra__", None if extra is None else _clone_value(extra))
+    object.__setattr__(out, "__pydantic_fields_set__", set(model.__pydantic_fields_set__))
+    private = getattr(model, "__pydantic_private__", None)
+    object.__setattr__(
+        out, "__pydantic_private__", None if private is None else copy.deepcopy(private)
+    )
+    return out

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import math
 from datetime import datetime, timedelta
+from functools import partial
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict
@@ -47,6 +48,7 @@ from tables.base import (
     Stamp,
     TableState,
     admit,
+    clone,
     make_key,
     newer,
     split_key,
@@ -158,7 +160,7 @@ def apply_work_order(
 ) -> Result[WorkOrderAssignees]:
     """Stage 1: track assignees and openness; forward changes to the people's keys."""
     _, wo = split_key(key)
-    fresh = WorkOrderAssignees(tenant=event.tenantId, workOrderId=wo or "")
+    fresh = partial(WorkOrderAssignees, tenant=event.tenantId, workOrderId=wo or "")
     st, duplicate = admit(state, fresh, key, event.tenantId, event.id, now, config.dedup_horizon)
     if duplicate:
         return Result(st, duplicate=True)
@@ -215,7 +217,7 @@ def apply_person(
     else:
         tenant, item_id = item.tenantId, item.id
     _, person = split_key(key)
-    fresh = PersonCertifications(tenant=tenant, personId=person or "")
+    fresh = partial(PersonCertifications, tenant=tenant, personId=person or "")
     st, duplicate = admit(state, fresh, key, tenant, item_id, now, config.dedup_horizon)
     if duplicate:
         return Result(st, duplicate=True)
@@ -268,7 +270,7 @@ def tick(
             due[experience] = crossed
     if not due:
         return Result(state)
-    st = state.model_copy(deep=True)
+    st = clone(state)
     derived = []
     for experience in sorted(due):
         cert = st.certs[experience]

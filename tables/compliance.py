@@ -22,6 +22,7 @@ table is fed from ``wo.derived`` too (the pipeline's own violations are deviatio
 from __future__ import annotations
 
 from datetime import datetime
+from functools import partial
 from typing import Final
 
 from pydantic import BaseModel, ConfigDict
@@ -30,7 +31,7 @@ from events.envelope import DomainEvent
 from events.ids import unix_ms
 from events.payloads.workorder import ComplianceSummary
 from tables import policy
-from tables.base import Result, TableState, admit, is_own, make_key, split_key
+from tables.base import Result, TableState, admit, clone, is_own, make_key, split_key
 from tables.config import DEFAULT_CONFIG, TenantConfig
 from tables.derive import Cause
 from tables.windows import WindowSpec, shard_key, shard_spec
@@ -111,7 +112,7 @@ def apply_aggregate(
 ) -> Result[ComplianceWindows]:
     """Count one compliance event in every window of its shard; report it if late."""
     start = shard_spec(config.compliance_windows).start_of(unix_ms(event.timestamp))
-    fresh = ComplianceWindows(tenant=event.tenantId, start=start)
+    fresh = partial(ComplianceWindows, tenant=event.tenantId, start=start)
     st, duplicate = admit(state, fresh, key, event.tenantId, event.id, now, config.dedup_horizon)
     if duplicate:
         return Result(st, duplicate=True)
@@ -131,7 +132,7 @@ def apply_aggregate(
 
 
 def _count(agg: ComplianceAggregate, event: DomainEvent) -> ComplianceAggregate:
-    out = agg.model_copy(deep=True)
+    out = clone(agg)
     out.count += 1
     data = event.data
     if event.type == "compliance.violation_detected":
@@ -160,7 +161,7 @@ def apply_summary(
 ) -> Result[WorkOrderCompliance]:
     """Observe one event about the work order; check the summary when it is closed."""
     _, wo = split_key(key)
-    fresh = WorkOrderCompliance(tenant=event.tenantId, workOrderId=wo or "")
+    fresh = partial(WorkOrderCompliance, tenant=event.tenantId, workOrderId=wo or "")
     st, duplicate = admit(state, fresh, key, event.tenantId, event.id, now, config.dedup_horizon)
     if duplicate:
         return Result(st, duplicate=True)

@@ -37,9 +37,14 @@ class SeenIds(BaseModel):
         """A new memory with ``item_id`` added and ids older than the horizon forgotten."""
         latest = max(self.latest, unix_ms(now))
         floor = latest - horizon // timedelta(milliseconds=1)
-        ids = {i: at for i, at in self.ids.items() if at >= floor}
+        current = self.ids
+        if current and min(current.values()) < floor:
+            ids = {i: at for i, at in current.items() if at >= floor}
+        else:  # nothing to forget (the common case): a plain copy keeps the same order
+            ids = dict(current)
         ids.setdefault(item_id, latest)
-        return SeenIds(latest=latest, ids=ids)
+        # both fields are already valid (ints), so skip validation
+        return SeenIds.model_construct(latest=latest, ids=ids)
 
     def __len__(self) -> int:
         return len(self.ids)

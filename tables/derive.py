@@ -31,7 +31,8 @@ class Cause(BaseModel):
 
     @classmethod
     def of(cls, event: DomainEvent) -> Cause:
-        return cls(
+        # the envelope is already validated (same field types), so skip re-validating them
+        return cls.model_construct(
             id=event.id,
             timestamp=event.timestamp,
             tenantId=event.tenantId,

@@ -29,6 +29,7 @@ the total (the issue's definition).
 from __future__ import annotations
 
 from datetime import datetime
+from functools import partial
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict
@@ -147,7 +148,7 @@ def apply_child(
 ) -> Result[ChildLink]:
     """Stage 1: update the child's link/status and forward facts to its master(s)."""
     _, wo = split_key(key)
-    fresh = ChildLink(tenant=event.tenantId, workOrderId=wo or "")
+    fresh = partial(ChildLink, tenant=event.tenantId, workOrderId=wo or "")
     st, duplicate = admit(state, fresh, key, event.tenantId, event.id, now, config.dedup_horizon)
     if duplicate:
         return Result(st, duplicate=True)
@@ -204,7 +205,7 @@ def apply_fact(
     config: TenantConfig = DEFAULT_CONFIG,
 ) -> Result[MasterProgress]:
     """Stage 2: apply a child fact if it is newer; emit the master's progress if it changed."""
-    fresh = MasterProgress(tenant=fact.tenant, masterId=fact.masterId)
+    fresh = partial(MasterProgress, tenant=fact.tenant, masterId=fact.masterId)
     st, duplicate = admit(state, fresh, key, fact.tenant, fact.id, now, config.dedup_horizon)
     if duplicate:
         return Result(st, duplicate=True)

@@ -42,6 +42,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
+from functools import partial
 from typing import Final
 
 from pydantic import BaseModel, ConfigDict
@@ -381,7 +382,7 @@ def apply(
 ) -> Result[PolicyState]:
     """Run the rules an event triggers against what is known about its work order."""
     _, wo = split_key(key)
-    fresh = PolicyState(tenant=event.tenantId, workOrderId=wo)
+    fresh = partial(PolicyState, tenant=event.tenantId, workOrderId=wo)
     st, duplicate = admit(state, fresh, key, event.tenantId, event.id, now, config.dedup_horizon)
     if duplicate:
         return Result(st, duplicate=True)

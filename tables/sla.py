@@ -27,6 +27,7 @@ completed event's timestamp. Late outcomes are reported, not counted.
 from __future__ import annotations
 
 from datetime import datetime
+from functools import partial
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict
@@ -41,6 +42,7 @@ from tables.base import (
     Stamp,
     TableState,
     admit,
+    clone,
     make_key,
     newer,
     split_key,
@@ -151,7 +153,7 @@ def apply(
 ) -> Result[WorkOrderSla]:
     """Stage 1: track schedule/status/completion; emit breaches known at completion."""
     _, wo = split_key(key)
-    fresh = WorkOrderSla(tenant=event.tenantId, workOrderId=wo or "")
+    fresh = partial(WorkOrderSla, tenant=event.tenantId, workOrderId=wo or "")
     st, duplicate = admit(state, fresh, key, event.tenantId, event.id, now, config.dedup_horizon)
     if duplicate:
         return Result(st, duplicate=True)
@@ -207,7 +209,7 @@ def tick(
     )
     if not (overdue or waited):
         return Result(state)
-    st = state.model_copy(deep=True)
+    st = clone(state)
     derived: list[DomainEvent] = []
     forwards: list[Forward] = []
     if overdue:
@@ -227,7 +229,7 @@ def apply_outcome(
 ) -> Result[SlaWindows]:
     """Stage 2: count one completion in every window of its shard; report it if late."""
     start = shard_spec(config.sla_windows).start_of(unix_ms(fact.at))
-    fresh = SlaWindows(tenant=fact.tenant, start=start)
+    fresh = partial(SlaWindows, tenant=fact.tenant, start=start)
     st, duplicate = admit(state, fresh, key, fact.tenant, fact.id, now, config.dedup_horizon)
     if duplicate:
         return Result(st, duplicate=True)
