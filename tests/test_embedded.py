@@ -99,7 +99,8 @@ async def test_jetstream_publish_is_acked_by_event_stream(nats_url: str) -> None
 
 
 async def test_kafka_produce_consume_round_trip(kafka_bootstrap: str) -> None:
-    await kafka_round_trip(kafka_bootstrap)
+    topic = await kafka_round_trip(kafka_bootstrap)  # asserts the record came back unchanged
+    assert topic
 
 
 def test_children_log_under_data_dir(embedded_stack: EmbeddedStack) -> None:
