@@ -51,7 +51,7 @@ from connectors.dead_letter import (
     pause,
     publish_pipelined,
 )
-from connectors.kafka_consumer import poll_until_stopped, stop_quietly
+from connectors.kafka_consumer import poll_until_stopped, start_subscribed, stop_quietly
 from events.parsing import ParseError, parse_event
 from events.subjects import domain_for
 from pipeline.settings import Settings
@@ -155,13 +155,12 @@ class Egress:
             while not self._stop.is_set():
                 try:
                     if self._consumer is None:
-                        consumer = self._new_consumer()
-                        try:
-                            await consumer.start()
-                        except BaseException:
-                            await consumer.stop()
-                            raise
-                        self._consumer = consumer
+                        self._consumer = await start_subscribed(
+                            self._new_consumer(),
+                            self._settings.kafka_bootstrap or "",
+                            [self._settings.egress_topic],
+                            partitions=self._settings.partitions,
+                        )
                     await self._loop(self._consumer)
                     failures = 0
                 except Stopping:

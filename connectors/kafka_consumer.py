@@ -1,4 +1,4 @@
-"""Shared plumbing of our plain aiokafka consumers: a stop-aware poll and a quiet stop."""
+"""Shared plumbing of our plain aiokafka consumers: start after topics exist, poll, stop."""
 
 from __future__ import annotations
 
@@ -6,7 +6,26 @@ import asyncio
 
 from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 
+from connectors.kafka_topics import ensure_topics
+
 Batches = dict[TopicPartition, list[ConsumerRecord]]
+
+
+async def start_subscribed(
+    consumer: AIOKafkaConsumer, bootstrap: str, topics: list[str], *, partitions: int
+) -> AIOKafkaConsumer:
+    """Create the consumer's topics if missing, then start it (stopped again if that fails).
+
+    Subscribing to a missing topic lets the broker auto-create it with its own partition
+    count, which breaks the co-partitioning the worker's tables rely on.
+    """
+    await ensure_topics(bootstrap, topics, partitions=partitions)
+    try:
+        await consumer.start()
+    except BaseException:
+        await stop_quietly(consumer)
+        raise
+    return consumer
 
 
 async def poll_until_stopped(

@@ -53,8 +53,7 @@ from connectors.dead_letter import (
     now_iso,
     pause,
 )
-from connectors.kafka_consumer import poll_until_stopped, stop_quietly
-from connectors.kafka_topics import ensure_topics
+from connectors.kafka_consumer import poll_until_stopped, start_subscribed, stop_quietly
 from events.envelope import DomainEvent
 from events.parsing import ParseError, parse_event
 from events.subjects import DOMAIN_TOPICS
@@ -181,20 +180,12 @@ class AuditWriter:
             while not self._stop.is_set():
                 try:
                     if self._consumer is None:
-                        # Subscribing to a missing topic lets the broker auto-create it with
-                        # its own partition count, which breaks the worker's co-partitioning.
-                        await ensure_topics(
+                        self._consumer = await start_subscribed(
+                            self._new_consumer(),
                             self._settings.kafka_bootstrap or "",
                             list(DOMAIN_TOPICS.values()),
                             partitions=self._settings.partitions,
                         )
-                        consumer = self._new_consumer()
-                        try:
-                            await consumer.start()
-                        except BaseException:
-                            await consumer.stop()
-                            raise
-                        self._consumer = consumer
                     await self._loop(self._consumer)
                     failures = 0
                 except Stopping:

@@ -61,7 +61,7 @@ from connectors.dead_letter import (
     pause,
     target_subject,
 )
-from connectors.kafka_consumer import poll_until_stopped, stop_quietly
+from connectors.kafka_consumer import poll_until_stopped, start_subscribed, stop_quietly
 from connectors.webhook_http import AddressPolicy, HttpLimits, WebhookSender
 from connectors.webhook_store import AsyncWebhookStore, Delivery, NewDelivery, WebhookStore
 from events.parsing import ParseError, parse_event
@@ -536,7 +536,12 @@ class Dispatcher:
         while not self._stop.is_set():
             consumer = self._new_consumer()
             try:
-                await consumer.start()
+                await start_subscribed(
+                    consumer,
+                    self._settings.kafka_bootstrap,
+                    list(DOMAIN_TOPICS.values()),
+                    partitions=self._settings.partitions,
+                )
                 await self._consume(consumer)
                 failures = 0
             except Exception as exc:  # broker or store trouble: re-read from the last commit
