@@ -107,8 +107,8 @@ def create_app(
       health).
     * ``broker_session_timeout=10`` with the tansu transport only: see
       :data:`EMBEDDED_BROKER_SESSION_TIMEOUT`.
-    * the transport's consumer hands records to the streams without Faust's per-record
-      ``wait_first`` while the flow runs (:mod:`pipeline.agents.consumer`).
+    * ``WO_FAUST_FAST_DRAIN=true`` (off by default) makes the consumer hand records to the
+      streams without Faust's per-record ``wait_first`` (:mod:`pipeline.agents.consumer`).
 
     Pinned although Faust 0.15 has the same default, because losing it would
     lose data: ``consumer_auto_offset_reset="earliest"`` (a new consumer
@@ -140,12 +140,14 @@ def create_app(
         conf["broker_session_timeout"] = EMBEDDED_BROKER_SESSION_TIMEOUT
     conf.update(faust_overrides)
     app = faust.App(app_id, **conf)
-    # Faust's consumer starts four tasks per record it hands to the streams; this one does
-    # not while the flow runs (same offsets, acks and rebalance behaviour, see the module).
-    from pipeline.agents.consumer import fast_drain
+    if settings.faust_fast_drain:
+        # Faust's consumer starts four tasks per record it hands to the streams; this one does
+        # not while the flow runs. Off by default: the kill -9 restart test lost events once
+        # with it on (2026-11-27 CI run), not yet explained; see pipeline.agents.consumer.
+        from pipeline.agents.consumer import fast_drain
 
-    transport = app.transport
-    transport.Consumer = fast_drain(transport.Consumer)  # type: ignore[misc]
+        transport = app.transport
+        transport.Consumer = fast_drain(transport.Consumer)  # type: ignore[misc]
     return app
 
 

@@ -39,6 +39,9 @@ class Settings(BaseSettings):
     web_tokens: SecretStr | None = None
 
     app_id: str = "wo-stream"
+    # Experimental faster Faust consumer loop (pipeline/agents/consumer.py); off until the
+    # restart test's one lost-events failure with it on is explained.
+    faust_fast_drain: bool = False
 
     # NATS <-> Kafka bridge (connectors/bridge.py, ingress.py, egress.py).
     # Metrics and /healthz; port 0 = no HTTP server. Loopback by default: expose deliberately.
