@@ -140,13 +140,19 @@ def create_app(
         conf["broker_session_timeout"] = EMBEDDED_BROKER_SESSION_TIMEOUT
     conf.update(faust_overrides)
     app = faust.App(app_id, **conf)
+    from pipeline.agents.consumer import commit_guard, fast_drain, seek_first
+    from pipeline.agents.producer import draining_producer
+
+    transport = app.transport
+    # Faust resumes stream partitions before seeking them, losing records at restarts and
+    # rebalances, and can commit past records no agent processed (pipeline.agents.consumer);
+    # its commit does not wait for the table changelog records still in its producer buffer
+    # (pipeline.agents.producer).
+    transport.Consumer = commit_guard(seek_first(transport.Consumer))  # type: ignore[misc]
+    transport.Producer = draining_producer(transport.Producer)  # type: ignore[misc]
     if settings.faust_fast_drain:
         # Faust's consumer starts four tasks per record it hands to the streams; this one does
-        # not while the flow runs. Off by default: the kill -9 restart test lost events once
-        # with it on (2026-11-27 CI run), not yet explained; see pipeline.agents.consumer.
-        from pipeline.agents.consumer import fast_drain
-
-        transport = app.transport
+        # not while the flow runs (off by default, see pipeline.agents.consumer).
         transport.Consumer = fast_drain(transport.Consumer)  # type: ignore[misc]
     return app
 

@@ -31,6 +31,8 @@ class WorkerMetrics:
     expired: Counter
     invalid: Counter
     errors: Counter
+    dead_letters: Counter
+    gaps: Counter
     timer_runs: Counter
     shards_deleted: Counter
     clock: Gauge
@@ -79,14 +81,28 @@ class WorkerMetrics:
             ),
             invalid=Counter(
                 "wo_worker_invalid_records_total",
-                "Records that could not be decoded (not an event, fact or tick); skipped.",
+                "Records that could not be decoded (not an event, fact or tick); dead-lettered.",
                 ["topic"],
                 registry=reg,
             ),
             errors=Counter(
                 "wo_worker_apply_errors_total",
-                "Items a reducer refused or failed on (tenant mismatch, bad state); skipped.",
+                "Items a reducer refused or failed on (tenant mismatch, bad state); dead-lettered.",
                 ["table"],
+                registry=reg,
+            ),
+            dead_letters=Counter(
+                "wo_worker_dead_letters_total",
+                "Source records written to wo.dlq.worker, by source topic and reason.",
+                ["topic", "reason"],
+                registry=reg,
+            ),
+            gaps=Counter(
+                "wo_worker_offset_gaps_total",
+                "Records delivered past a missing offset: the partition was sought back "
+                "(action=sought) or, after repeated seeks, the missing ones were skipped "
+                "(action=skipped).",
+                ["topic", "action"],
                 registry=reg,
             ),
             timer_runs=Counter(

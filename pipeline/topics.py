@@ -7,6 +7,8 @@ topic                                    key                    value
 ``wo.derived``                           ``{tenant}:{entity}``  derived event bytes (canonical)
 ``{app_id}-forwards-repartition``        table key              fact JSON or event bytes
 ``wo.control.clock``                     none                   ``{"now": epoch ms}`` tick
+``wo.dlq.worker``                        the source record's    the source record's bytes, its
+                                         key                    headers + ``wo-dlq-*`` headers
 ``{app_id}-{table}-changelog``           table key (JSON)       table value (JSON)
 =======================================  =====================  ==================================
 
@@ -32,6 +34,8 @@ from events.subjects import DOMAIN_TOPICS
 DOMAIN: tuple[str, ...] = tuple(DOMAIN_TOPICS.values())
 """The bridge's six domain topics, ``wo.workorder`` ... ``wo.system``."""
 CONTROL_CLOCK = "wo.control.clock"
+DEAD_LETTERS = "wo.dlq.worker"
+"""Records the worker could not use (undecodable, or refused by a table): see records.py."""
 
 # Record headers (the ingress's names for the event ones, so both look alike downstream).
 H_EVENT_ID = "wo-event-id"
@@ -41,6 +45,10 @@ H_TENANT = "wo-tenant"
 H_SUBJECT = "wo-subject"
 H_STAGES = "wo-stages"  # repartition records: target table(s), comma separated
 H_KIND = "wo-kind"  # repartition records: "fact" or "event"
+H_DLQ_REASON = "wo-dlq-reason"  # dead letters: machine-readable reason
+H_DLQ_DETAIL = "wo-dlq-detail"  # dead letters: what was wrong (names fields, never values)
+H_DLQ_SOURCE = "wo-dlq-source"  # dead letters: "{topic}/{partition}/{offset}"
+H_DLQ_TABLE = "wo-dlq-table"  # dead letters refused by one table: its name
 
 
 def forwards_topic(app_id: str) -> str:
@@ -66,6 +74,7 @@ class WorkerTopics:
     derived: TopicT
     forwards: TopicT
     control: TopicT
+    dead_letters: TopicT
 
     def sources(self) -> dict[str, TopicT]:
         """Every topic an agent reads, by name."""
@@ -78,12 +87,18 @@ class WorkerTopics:
 
 
 def declare(
-    app: faust.App, *, partitions: int, derived: str = "wo.derived", control: str = CONTROL_CLOCK
+    app: faust.App,
+    *,
+    partitions: int,
+    derived: str = "wo.derived",
+    control: str = CONTROL_CLOCK,
+    dead_letters: str = DEAD_LETTERS,
 ) -> WorkerTopics:
     """Declare the topics on ``app``; keys and values stay bytes (decoded by the agents).
 
     The domain topics and ``wo.derived`` belong to the bridge (it creates them); the
-    repartition and control topics are the worker's own, created by Faust (``internal``).
+    repartition, control and dead-letter topics are the worker's own, created by Faust
+    (``internal``).
     """
 
     def raw(name: str, *, internal: bool = False) -> TopicT:
@@ -102,4 +117,5 @@ def declare(
         derived=raw(derived),
         forwards=raw(forwards_topic(app.conf.id), internal=True),
         control=raw(control, internal=True),
+        dead_letters=raw(dead_letters, internal=True),
     )

@@ -7,7 +7,7 @@ import pytest
 from pipeline.agents.records import derived_record
 from pipeline.topics import partition_of
 from tables.stages import STAGES
-from tests.apps.memory_layer import MemoryLayer
+from tests.apps.memory_layer import CONTROL, FORWARDS, MemoryLayer
 from tests.apps.worker_scenario import ACME, GLOBEX, Scenario, build, normalized
 
 PARTITIONS = 4
@@ -83,3 +83,87 @@ def test_derived_records_go_to_the_partition_of_their_key(scenario: Scenario) ->
 def test_every_stage_has_a_table() -> None:
     layer = MemoryLayer(PARTITIONS)
     assert set(layer.tables) == {s.name for s in STAGES}
+
+
+def _key_in(partition: int, tenant: str) -> str:
+    n = 0
+    while partition_of(f"{tenant}:dlq-{n}", PARTITIONS) != partition:
+        n += 1
+    return f"{tenant}:dlq-{n}"
+
+
+async def test_bad_records_go_to_dead_letters_and_the_good_ones_around_them_are_kept(
+    scenario: Scenario,
+) -> None:
+    """Each kind of unusable record lands in wo.dlq.worker, whole, with its reason; the
+    scenario's own events, interleaved with them, still give exactly the reference output."""
+    layer = MemoryLayer(PARTITIONS, 7)
+    forwards, control = FORWARDS, CONTROL
+    globex_event = scenario.phases[0].events[-2]  # any valid event of another tenant
+    acme_key = _key_in(1, ACME)
+    bad: list[tuple[str, int, bytes | None, bytes, list[tuple[str, bytes]], str]] = [
+        ("wo.workorder", 0, b"acme:x", b"{not json", [("wo-type", b"x")], "invalid_event"),
+        ("wo.workorder", 1, b"acme:y", b'{"id": 1}', [], "invalid_event"),
+        (forwards, 2, None, b"{}", [], "invalid_repartition"),
+        (forwards, 1, acme_key.encode(), b'{"kind": "nope"}',
+         [("wo-stages", b"wo_masters"), ("wo-kind", b"fact")], "invalid_fact"),
+        (control, 3, None, b"tick?", [], "invalid_tick"),
+        # an event of globex re-keyed to an acme key: wo_sla refuses it (tenant guard)
+        (forwards, 1, acme_key.encode(), globex_event.canonical_bytes(),
+         [("wo-stages", b"wo_sla"), ("wo-kind", b"event")], "refused"),
+        # a repartition record in a partition that does not own its key
+        (forwards, 2, acme_key.encode(), globex_event.canonical_bytes(),
+         [("wo-stages", b"wo_sla"), ("wo-kind", b"event")], "misrouted"),
+    ]  # fmt: skip
+    for n, phase in enumerate(scenario.phases):
+        layer.tick(phase.now)
+        await layer.drain()
+        for i, event in enumerate(phase.events):
+            layer.produce(event)
+            if n == 1 and i < len(bad):
+                topic, partition, key, value, headers, _ = bad[i]
+                layer.append(topic, partition, key, value, headers)
+        await layer.drain()
+
+    assert layer.derived() == scenario.expected_derived()
+    assert normalized(layer.tables) == scenario.expected_tables()
+    letters = layer.log["wo.dlq.worker"]
+    assert len(letters) == len(bad)
+    by_value_and_reason = {}
+    for letter in letters:
+        headers = dict(letter.headers)
+        by_value_and_reason[letter.value, headers["wo-dlq-reason"].decode()] = (letter, headers)
+    for topic, partition, key, value, headers, reason in bad:
+        letter, got = by_value_and_reason[value, reason]
+        assert letter.key == key and letter.partition == partition
+        assert got["wo-dlq-source"].decode().startswith(f"{topic}/{partition}/")
+        assert got["wo-dlq-detail"]
+        for name, header in headers:  # the source's headers travel with it
+            assert got[name] == header
+    refused = by_value_and_reason[globex_event.canonical_bytes(), "refused"][1]
+    assert refused["wo-dlq-table"] == b"wo_sla"
+    assert b"TenantMismatchError" in refused["wo-dlq-detail"]
+    counted = {
+        (s.labels["topic"], s.labels["reason"]): s.value
+        for family in layer.runner.metrics.registry.collect()
+        if family.name == "wo_worker_dead_letters"
+        for s in family.samples
+        if s.name.endswith("_total")
+    }
+    assert sum(counted.values()) == len(bad)
+    assert counted[forwards, "refused"] == 1 and counted["wo.workorder", "invalid_event"] == 2
+
+
+def test_a_refusal_detail_names_fields_not_values() -> None:
+    from pydantic import BaseModel, ValidationError
+
+    from pipeline.agents.steps import refusal_detail
+
+    class M(BaseModel):
+        name: int
+
+    with pytest.raises(ValidationError) as caught:
+        M(name="Jane Doe, DOB 1970-01-01")
+    detail = refusal_detail(caught.value)
+    assert "name: int_parsing" in detail
+    assert "Jane" not in detail and "1970" not in detail

@@ -76,6 +76,9 @@ def register(
         batch_max=worker.batch_max,
     )
 
+    # The consumer commits what the runner processed in order (pipeline.agents.consumer).
+    app.wo_processed = runner.processed  # type: ignore[attr-defined]
+
     def agent(topic: Any, handler: str, name: str) -> None:
         async def process(stream: faust.StreamT) -> None:
             await runner.consume(stream, handler)

@@ -1,6 +1,29 @@
-"""Faust's consumer without a task per message while the flow runs (faust-streaming 0.15).
+"""Faust consumer fixes: seek before fetch, commit what was processed; optional fast drain.
 
-Faust's ``Consumer._drain_messages`` hands every fetched record to the conductor with
+**Seek before fetch** (:func:`seek_first`, always on). After a rebalance (and at every start)
+Faust's recovery ends with ``consumer.resume_partitions(<stream partitions>)``, then awaits
+``perform_seek()`` (committed offsets from the broker), then ``flow_control.resume()``, which
+*clears every stream buffer*, then ``resume_flow()``. The fetcher runs during all of it (the
+flow was resumed to read the changelogs), so between the resume and the seek it can fetch
+stream records and hand them to the streams; the seek then resets the read offsets while the
+drain keeps delivering the rest of that pre-seek fetch (moving the read offset past them again,
+and Faust's gap logic counts the skipped offsets as acked), and the buffer clear drops what
+was delivered but not yet processed. Records in that window were never processed and never
+fetched again: the 2026-11-27 CI run lost them after a kill -9 and restart
+(tests/test_worker_pipeline.py), reproduced here with offset logs (a batch of offsets
+skipped per partition right after the restart). Faust's issues #216 and #596 describe the same
+family of races. The fix keeps the stream partitions paused until the seek is done *and* the
+buffers are cleared: ``resume_partitions`` only remembers them, ``perform_seek`` marks the
+seek done, and ``resume_flow`` (called after the clear) resumes them, so their first fetch
+starts at the committed offset into empty buffers.
+
+**Commit what was processed** (:func:`commit_guard`, always on with the worker's runner).
+Faust commits acked offsets, and its gap bookkeeping can run past records that never reached an
+agent; the guard commits the offsets :class:`pipeline.agents.offsets.ProcessedOffsets` says
+were processed in order instead (``app.wo_processed``, set by ``pipeline.agents.register``).
+
+**Fast drain** (:func:`fast_drain`, ``WO_FAUST_FAST_DRAIN``, off by default). Faust's
+``Consumer._drain_messages`` hands every fetched record to the conductor with
 ``await self.wait_first(callback(message), self.suspend_flow.wait())``: four tasks and an
 ``asyncio.wait`` per record, only so that a rebalance (``stop_flow()`` sets ``suspend_flow``)
 can abandon a delivery that is stuck on a full stream buffer. That costs more than decoding
@@ -19,13 +42,85 @@ Offsets, acks and commits are untouched.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 from typing import Any, cast
 
-from faust.transport.consumer import CONSUMER_FETCHING, Consumer
+from faust.transport.consumer import CONSUMER_FETCHING, Consumer, ensure_TPset
+from faust.types import TP
 from mode import Service, ServiceT
 
-__all__ = ["fast_drain"]
+__all__ = ["commit_guard", "fast_drain", "seek_first"]
+
+
+class _SeekFirst:
+    """Mixin: stream partitions stay paused from their assignment until seek + buffer clear."""
+
+    _held: set[TP]  # stream partitions paused since their assignment, not yet released
+    _deferred: set[TP]  # of those, the ones Faust asked to resume
+    _seek_done: bool
+
+    def _seek_state(self: Any) -> None:
+        if "_held" not in self.__dict__:
+            self._held, self._deferred, self._seek_done = set(), set(), False
+
+    def pause_partitions(self: Any, tps: Iterable[TP]) -> None:
+        self._seek_state()
+        tpset = ensure_TPset(tps)
+        streams = {tp for tp in tpset if not self._is_changelog_tp(tp)}
+        if streams:  # an assignment (or a stop): hold them until the next seek
+            self._held |= streams
+            self._deferred -= streams
+            self._seek_done = False
+        super().pause_partitions(tpset)  # type: ignore[misc]
+
+    def resume_partitions(self: Any, tps: Iterable[TP]) -> None:
+        self._seek_state()
+        tpset = ensure_TPset(tps)
+        held = tpset & self._held
+        self._deferred |= held
+        super().resume_partitions(tpset - held)  # type: ignore[misc]
+
+    async def perform_seek(self: Any) -> None:
+        self._seek_state()
+        await super().perform_seek()  # type: ignore[misc]
+        if self._deferred:  # the seek that follows resume_partitions in recovery
+            self._seek_done = True
+
+    def resume_flow(self: Any) -> None:
+        self._seek_state()
+        super().resume_flow()  # type: ignore[misc]
+        if self._seek_done and self._deferred:
+            release = set(self._deferred)
+            self._held -= release
+            self._deferred.clear()
+            self._seek_done = False
+            super().resume_partitions(release)  # type: ignore[misc]
+
+
+class _CommitGuard:
+    """Mixin: commit the offsets the worker processed in order, not Faust's acked ones."""
+
+    def _filter_committable_offsets(self: Any, tps: Iterable[TP]) -> dict[TP, int]:
+        guard = getattr(self.app, "wo_processed", None)
+        if guard is None:  # an app without the worker's runner: Faust's own logic
+            return cast(dict[TP, int], super()._filter_committable_offsets(tps))  # type: ignore[misc]
+        offsets: dict[TP, int] = {}
+        for tp in tps:
+            self._new_offset(tp)  # keeps Faust's acked list trimmed; its answer is not used
+            offset = guard.committable((tp.topic, tp.partition))
+            if offset is not None and self._should_commit(tp, offset):
+                offsets[tp] = offset
+        return offsets
+
+
+def commit_guard(base: type[Consumer]) -> type[Consumer]:
+    """``base`` committing ``app.wo_processed`` offsets (:mod:`pipeline.agents.offsets`)."""
+    return _mixed(base, _CommitGuard, "Guarded")
+
+
+def seek_first(base: type[Consumer]) -> type[Consumer]:
+    """``base`` (a Faust transport's Consumer class) with the seek-before-fetch fix."""
+    return _mixed(base, _SeekFirst, "SeekFirst")
 
 
 class _FastDrain:
@@ -100,9 +195,14 @@ class _FastDrain:
 
 def fast_drain(base: type[Consumer]) -> type[Consumer]:
     """``base`` (a Faust transport's Consumer class) with the direct delivery."""
-    if issubclass(base, _FastDrain):
+    return _mixed(base, _FastDrain, "FastDrain")
+
+
+def _mixed(base: type[Consumer], mixin: type, prefix: str) -> type[Consumer]:
+    """``base`` with ``mixin`` first in its MRO (once: a class that has it is returned as is)."""
+    if issubclass(base, mixin):
         return base
     return cast(
         type[Consumer],
-        type(f"FastDrain{base.__name__}", (_FastDrain, base), {"__module__": __name__}),
+        type(f"{prefix}{base.__name__}", (mixin, base), {"__module__": __name__}),
     )

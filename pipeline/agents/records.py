@@ -1,4 +1,4 @@
-"""Kafka records the worker writes: derived events, repartitioned facts and events, and back."""
+"""Kafka records the worker writes: derived events, repartitioned facts and events, dead letters."""
 
 from __future__ import annotations
 
@@ -12,6 +12,10 @@ from events.ids import unix_ms
 from events.keys import record_key
 from events.subjects import subject_for
 from pipeline.topics import (
+    H_DLQ_DETAIL,
+    H_DLQ_REASON,
+    H_DLQ_SOURCE,
+    H_DLQ_TABLE,
     H_EVENT_ID,
     H_KIND,
     H_STAGES,
@@ -34,7 +38,7 @@ Headers = list[tuple[str, bytes]]
 class Record:
     """One record to send: the topic is chosen by the caller (derived or repartition)."""
 
-    key: bytes
+    key: bytes | None
     value: bytes
     partition: int
     headers: Headers
@@ -85,6 +89,47 @@ def event_record(
         partition=partition_of(key, partitions),
         headers=[(H_STAGES, ",".join(stages).encode()), (H_KIND, KIND_EVENT.encode())],
         timestamp_ms=at_ms,
+    )
+
+
+#: Longest ``wo-dlq-detail`` header kept (the reason is machine-readable on its own).
+DETAIL_MAX = 500
+
+
+def dead_letter_record(
+    *,
+    topic: str,
+    partition: int,
+    offset: int,
+    key: bytes | None,
+    value: bytes | None,
+    headers: Sequence[tuple[str, bytes]] | Mapping[str, bytes] | None,
+    timestamp_ms: int | None,
+    reason: str,
+    detail: str,
+    table: str | None = None,
+) -> Record:
+    """A source record the worker could not use, kept whole for a replay after a fix.
+
+    Key, value, timestamp and headers are the source record's (the bytes are never parsed
+    again here); the ``wo-dlq-*`` headers add the reason (machine-readable), the detail (names
+    fields and rules, never payload values), the source position and, for a record one table
+    refused, that table. The partition number is the source's, so a replay keeps key order.
+    """
+    items = list(headers.items() if isinstance(headers, Mapping) else headers or [])
+    extra = [
+        (H_DLQ_REASON, reason.encode()),
+        (H_DLQ_DETAIL, detail[:DETAIL_MAX].encode()),
+        (H_DLQ_SOURCE, f"{topic}/{partition}/{offset}".encode()),
+    ]
+    if table is not None:
+        extra.append((H_DLQ_TABLE, table.encode()))
+    return Record(
+        key=key,
+        value=value or b"",
+        partition=partition,
+        headers=[(k, v if isinstance(v, bytes) else str(v).encode()) for k, v in items] + extra,
+        timestamp_ms=timestamp_ms,
     )
 
 

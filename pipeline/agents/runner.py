@@ -46,17 +46,19 @@ from events.ids import unix_ms
 from events.parsing import ParseError, parse_event
 from pipeline.agents.batch import Pending
 from pipeline.agents.cache import StateCache
+from pipeline.agents.offsets import GIVE_UP_AFTER, Order, ProcessedOffsets
 from pipeline.agents.records import (
     KIND_EVENT,
     KIND_FACT,
     Record,
+    dead_letter_record,
     decode_fact,
     derived_record,
     event_record,
     fact_record,
     header_map,
 )
-from pipeline.agents.steps import Planner, Step, Write
+from pipeline.agents.steps import Planner, Step, Write, refusal_detail
 from pipeline.agents.timer_index import TimerIndex
 from pipeline.domain_metrics import DomainMetrics
 from pipeline.metrics import WorkerMetrics
@@ -135,6 +137,8 @@ class Runner:
         self.cache = StateCache()
         # (topic, partition) -> next offset after the last record fully processed here
         self.positions: dict[tuple[str, int], int] = {}
+        # what the consumer commits: offsets processed in order (pipeline.agents.offsets)
+        self.processed = ProcessedOffsets()
         self.inflight = 0
         self.signals: defaultdict[str, int] = defaultdict(int)
         # wall-clock seconds of the first and the latest record completed (benchmarks, status)
@@ -156,24 +160,70 @@ class Runner:
             if len(batch) < limit and not queue.empty():
                 continue  # more records are ready: take them into this batch
             events, batch = batch, []
+            ready = await self._in_order(events)
             try:
-                await self._process(events, plan, manual._set_current_event)
+                if ready:
+                    await self._process(ready, plan, manual._set_current_event)
             except Exception as exc:
                 # Reducer errors are handled per item (steps.Planner); anything else is a bug
                 # or a broken store: stop the worker loudly, the batch stays unacked.
-                first = events[0].message
-                log.exception("processing a batch of %d from %s[%d]@%d failed", len(events),
+                first = ready[0].message
+                log.exception("processing a batch of %d from %s[%d]@%d failed", len(ready),
                               first.topic, first.partition, first.offset)  # fmt: skip
                 await self.app.crash(exc)
                 raise
             now = time.monotonic()
-            for event in events:
-                await manual.ack(event)
+            for event in ready:
                 message = event.message
+                self.processed.done((message.topic, message.partition), message.offset)
                 self.positions[message.topic, message.partition] = message.offset + 1
                 if message.time_in is not None:  # Faust's sensor clock is monotonic
                     self.metrics.latency.observe(now - message.time_in)
-            self._done()
+            # Every delivered record is acked (Faust's bookkeeping wants it); what is committed
+            # comes from self.processed, so held-back records are not committed over.
+            for event in events:
+                await manual.ack(event)
+            if ready:
+                self._done()
+
+    async def _in_order(self, events: Sequence[EventT]) -> list[EventT]:
+        """The records of ``events`` to process now, in order (see :mod:`.offsets`).
+
+        A record past its partition's expected offset holds back the rest of that partition in
+        the batch and seeks the partition back to the first missing offset; one below it was
+        processed before (a redelivery after such a seek) and is skipped.
+        """
+        ready: list[EventT] = []
+        blocked: set[tuple[str, int]] = set()
+        committed = getattr(self.app.consumer, "_committed_offset", None) or {}
+        for event in events:
+            message = event.message
+            tp = (message.topic, message.partition)
+            if tp in blocked:
+                continue
+            order, expected = self.processed.classify(
+                tp, message.offset, committed.get(message.tp)
+            )
+            if order is Order.NEXT:
+                ready.append(event)
+            elif order is Order.GAP:
+                if self.processed.exhausted(tp, expected):
+                    log.error("records %s[%d] %d..%d not redelivered after %d seeks; skipped",
+                              tp[0], tp[1], expected, message.offset - 1,
+                              GIVE_UP_AFTER)  # fmt: skip
+                    self.metrics.gaps.labels(tp[0], "skipped").inc()
+                    self.processed.accept_gap(tp, message.offset)
+                    self.processed.classify(tp, message.offset, None)
+                    ready.append(event)
+                    continue
+                blocked.add(tp)
+                if self.processed.seek_due(tp, expected):
+                    log.error("%s[%d]: offset %d delivered, %d expected; seeking back",
+                              tp[0], tp[1], message.offset, expected)  # fmt: skip
+                    self.metrics.gaps.labels(tp[0], "sought").inc()
+                    self.signals["gaps"] += 1
+                    await self.app.consumer.seek(message.tp, expected)
+        return ready
 
     async def on_event(self, event: EventT) -> None:
         """A domain topic or ``wo.derived`` record, processed alone (tests, tools)."""
@@ -200,6 +250,7 @@ class Runner:
         self.clock.forget()
         self.index.clear()
         self.cache.clear()
+        self.processed.clear()
 
     # -- planning (no I/O) -------------------------------------------------------------------
 
@@ -213,9 +264,9 @@ class Runner:
     def _plan_event(self, event: EventT) -> Planned:
         """A domain topic or ``wo.derived`` record: an event for the tables."""
         message = event.message
-        parsed = self._parse(message.value, message.topic)
-        if parsed is None:
-            return Planned()
+        parsed = parse_event(message.value or b"")
+        if isinstance(parsed, ParseError):
+            return self._invalid(message, "invalid_event", f"{parsed.reason}: {parsed.message}")
         p = message.partition
         now = self._now(p, parsed.timestamp)
         derived_source = message.topic == self.derived_name
@@ -224,7 +275,7 @@ class Runner:
             event_record(key, stages, message.value, unix_ms(parsed.timestamp), self.partitions)
             for key, stages in step.reroutes.items()
         ]
-        return Planned(step, self._outputs(step, reroutes), parsed.type, parsed)
+        return Planned(step, self._outputs(step, reroutes, message), parsed.type, parsed)
 
     def _plan_forward(self, event: EventT) -> Planned:
         """A repartition record: a fact or an event for the table key it is keyed by."""
@@ -234,22 +285,23 @@ class Runner:
         kind = headers.get(H_KIND)
         key = message.key.decode() if isinstance(message.key, bytes) else None
         if not stages or key is None or kind not in (KIND_FACT, KIND_EVENT):
-            self._invalid(message.topic, "repartition record without table, key or kind")
-            return Planned()
+            why = "repartition record without table, key or kind"
+            return self._invalid(message, "invalid_repartition", why)
         p = message.partition
         if kind == KIND_EVENT:
-            parsed = self._parse(message.value, message.topic)
-            if parsed is None:
-                return Planned()
+            parsed = parse_event(message.value or b"")
+            if isinstance(parsed, ParseError):
+                why = f"{parsed.reason}: {parsed.message}"
+                return self._invalid(message, "invalid_event", why)
             step = self.planner.rerouted(parsed, stages, key, p, self._now(p, parsed.timestamp))
         else:
             try:
                 fact = decode_fact(stages[0], message.value)
-            except ValueError as exc:  # pydantic's ValidationError is a ValueError
-                self._invalid(message.topic, f"undecodable fact for {stages[0]}: {exc}")
-                return Planned()
+            except ValueError as exc:  # orjson's and pydantic's errors are ValueErrors
+                why = f"undecodable fact for {stages[0]}: {refusal_detail(exc)}"
+                return self._invalid(message, "invalid_fact", why)
             step = self.planner.fact(stages[0], key, fact, p, self._now(p, fact.at))
-        return Planned(step, self._outputs(step))
+        return Planned(step, self._outputs(step, (), message))
 
     def _plan_tick(self, event: EventT) -> Planned:
         """A control record: move the partition's clock and run its due timers."""
@@ -257,8 +309,7 @@ class Runner:
         try:
             at = parse_tick(message.value)
         except ValueError:
-            self._invalid(message.topic, "not a clock tick")
-            return Planned()
+            return self._invalid(message, "invalid_tick", "not a clock tick")
         p = message.partition
         self._load_clock(p)
         now, persist_ms = self.clock.advance(p, at)
@@ -271,12 +322,18 @@ class Runner:
         self.metrics.clock.set(now_ms / 1000)
         return Planned(step, self._outputs(step))
 
-    def _outputs(self, step: Step, reroutes: Sequence[Record] = ()) -> list[tuple[TopicT, Record]]:
+    def _outputs(
+        self, step: Step, reroutes: Sequence[Record] = (), message: Any = None
+    ) -> list[tuple[TopicT, Record]]:
         records: list[tuple[TopicT, Record]] = [
             (self.topics.derived, derived_record(e, self.partitions)) for e in step.derived
         ]
         records += [(self.topics.forwards, fact_record(f, self.partitions)) for f in step.forwards]
         records += [(self.topics.forwards, r) for r in reroutes]
+        for table, reason, detail in step.refused:  # the tables that took it keep it
+            self.metrics.dead_letters.labels(message.topic, reason).inc()
+            records.append((self.topics.dead_letters,
+                            self._dead_letter(message, reason, detail, table)))  # fmt: skip
         return records
 
     # -- one batch ---------------------------------------------------------------------------
@@ -367,17 +424,32 @@ class Runner:
         self._load_clock(partition)
         return self.clock.now(partition, fallback)
 
-    def _parse(self, value: bytes | None, topic: str) -> DomainEvent | None:
-        parsed = parse_event(value or b"")
-        if isinstance(parsed, ParseError):
-            self._invalid(topic, f"{parsed.reason}: {parsed.message}")
-            return None
-        return parsed
-
-    def _invalid(self, topic: str, why: str) -> None:
-        log.warning("skipping a record of %s: %s", topic, why)
-        self.metrics.invalid.labels(topic).inc()
+    def _invalid(self, message: Any, reason: str, detail: str) -> Planned:
+        """A record no table can use: its dead letter is the batch's only output for it."""
+        log.warning("dead-lettering %s[%d]@%d: %s: %s", message.topic, message.partition,
+                    message.offset, reason, detail)  # fmt: skip
+        self.metrics.invalid.labels(message.topic).inc()
+        self.metrics.dead_letters.labels(message.topic, reason).inc()
         self.signals["invalid"] += 1
+        record = self._dead_letter(message, reason, detail)
+        return Planned(records=[(self.topics.dead_letters, record)])
+
+    def _dead_letter(self, message: Any, reason: str, detail: str, table: str | None = None
+                     ) -> Record:  # fmt: skip
+        self.signals["dead_letters"] += 1
+        ts = getattr(message, "timestamp", None)
+        return dead_letter_record(
+            topic=message.topic,
+            partition=message.partition,
+            offset=message.offset,
+            key=message.key,
+            value=message.value,
+            headers=message.headers,
+            timestamp_ms=None if ts is None else round(ts * 1000),
+            reason=reason,
+            detail=detail,
+            table=table,
+        )
 
     def _build_index(self) -> None:
         actives = {

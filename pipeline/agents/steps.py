@@ -23,6 +23,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+from pydantic import ValidationError
+
 from events.envelope import DomainEvent
 from events.ids import unix_ms
 from pipeline.topics import partition_of
@@ -36,6 +38,20 @@ Reader = Callable[[str, str], dict[str, Any] | None]
 """``read(table, key)``: the stored value (``to_dict`` form) or None."""
 Decoder = Callable[[Stage, str, dict[str, Any]], TableState]
 """``decode(stage, key, raw)``: the state model of a value ``read`` returned."""
+
+
+def refusal_detail(exc: BaseException) -> str:
+    """What a reducer's error says, for a dead letter: field paths and rules, no input values.
+
+    A pydantic error's text quotes the invalid input, so only its locations and error types
+    are kept; the reducers' own errors name keys, tenants and rules (never payload values).
+    """
+    if isinstance(exc, ValidationError):
+        errors = exc.errors(include_input=False, include_url=False, include_context=False)
+        return f"{type(exc).__name__}: " + "; ".join(
+            f"{'.'.join(str(p) for p in e['loc'])}: {e['type']}" for e in errors
+        )
+    return f"{type(exc).__name__}: {exc}"
 
 
 def from_dict(stage: Stage, key: str, raw: dict[str, Any]) -> TableState:
@@ -63,6 +79,8 @@ class Step:
     forwards: list[Forward] = field(default_factory=list)
     reroutes: dict[str, list[str]] = field(default_factory=dict)  # key -> tables
     signals: Counter[tuple[str, str]] = field(default_factory=Counter)  # (signal, table)
+    # (table, reason, detail) of each table that refused the record: it goes to dead letters
+    refused: list[tuple[str, str, str]] = field(default_factory=list)
 
     @property
     def empty(self) -> bool:
@@ -188,10 +206,13 @@ class Planner:
         if not self._owns(key, partition=step.partition):
             # Only a producer that ignores partition_of can cause this: applying it here would
             # put the key's state into another partition's changelog.
+            owner = partition_of(key, self.partitions)
             log.error(
                 "%s[%s] arrived in partition %d; not applied", stage.name, key, step.partition
             )
             step.signals["error", stage.name] += 1
+            detail = f"key of partition {owner} arrived in partition {step.partition}"
+            step.refused.append((stage.name, "misrouted", detail))
             return
         self._apply(step, stage, key, item, now, config)
 
@@ -208,9 +229,10 @@ class Planner:
         try:
             state = None if raw is None else self.decode(stage, key, raw)
             result = stage.apply(state, item, now, key=key, config=config)
-        except Exception:  # tenant mismatch, unreadable state: refuse this item, say so
+        except Exception as exc:  # tenant mismatch, unreadable state: refuse this item, say so
             log.exception("%s[%s] refused item %s; skipped", stage.name, key, item.id)
             step.signals["error", stage.name] += 1
+            step.refused.append((stage.name, "refused", refusal_detail(exc)))
             return
         self._record(step, stage, key, state, raw, result, config)
 

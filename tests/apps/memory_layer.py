@@ -23,6 +23,7 @@ from tables.stages import STAGES
 from tests.apps.worker_scenario import topic_record
 
 DERIVED, FORWARDS, CONTROL = "wo.derived", "mem-forwards-repartition", "wo.control.clock"
+DEAD_LETTERS = "wo.dlq.worker"
 
 
 @dataclass
@@ -67,6 +68,7 @@ class MemoryLayer:
             derived=MemTopic(DERIVED, self),  # type: ignore[arg-type]
             forwards=MemTopic(FORWARDS, self),  # type: ignore[arg-type]
             control=MemTopic(CONTROL, self),  # type: ignore[arg-type]
+            dead_letters=MemTopic(DEAD_LETTERS, self),  # type: ignore[arg-type]
         )
         actives = [SimpleNamespace(topic=CONTROL, partition=p) for p in range(self.partitions)]
         app = SimpleNamespace(assignor=SimpleNamespace(assigned_actives=lambda: actives))
@@ -100,7 +102,8 @@ class MemoryLayer:
 
     async def drain(self) -> None:
         while True:
-            ready = [q for q in self.queues.values() if q]
+            # nothing reads the dead letters (as in the worker)
+            ready = [q for (topic, _), q in self.queues.items() if q and topic != DEAD_LETTERS]
             if not ready:
                 return
             message = self.random.choice(ready).popleft()

@@ -1,0 +1,298 @@
+"""Units of the Faust fixes: seek before fetch, commit what was processed, draining flush.
+
+The integration proof is the kill -9 test in tests/test_worker_pipeline.py (it lost records
+without the consumer fix); these tests pin the call orders Faust's recovery uses.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections import defaultdict
+from typing import Any
+
+import pytest
+from faust.transport.producer import ProducerBuffer
+from faust.types import TP
+
+from pipeline.agents.consumer import commit_guard, seek_first
+from pipeline.agents.offsets import GIVE_UP_AFTER, RESEEK_AFTER, Order, ProcessedOffsets
+from pipeline.agents.producer import DrainingProducerBuffer, draining_producer
+from pipeline.metrics import WorkerMetrics
+
+CHANGELOG = TP("app-table-changelog", 0)
+STREAMS = {TP("wo.workorder", 0), TP("wo.workorder", 1)}
+
+
+class FakeConsumer:
+    """The parts of faust.transport.consumer.Consumer the fix overrides, with a log."""
+
+    def __init__(self) -> None:
+        self.active: set[TP] = set()
+        self.flow = False
+        self.log: list[str] = []
+
+    def _is_changelog_tp(self, tp: TP) -> bool:
+        return tp.topic.endswith("-changelog")
+
+    def pause_partitions(self, tps: Any) -> None:
+        self.active -= set(tps)
+
+    def resume_partitions(self, tps: Any) -> None:
+        self.active |= set(tps)
+
+    async def perform_seek(self) -> None:
+        self.log.append(f"seek with {sorted(tp.partition for tp in self.active & STREAMS)} active")
+
+    def resume_flow(self) -> None:
+        self.flow = True
+
+    def stop_flow(self) -> None:
+        self.flow = False
+
+
+Fixed = seek_first(FakeConsumer)  # type: ignore[arg-type]
+
+
+async def recovery(consumer: Any, *, early_seek: bool = False) -> None:
+    """Faust 0.15's order from assignment to "Worker ready" (app/base.py, tables/recovery.py)."""
+    consumer.stop_flow()
+    consumer.pause_partitions({CHANGELOG, *STREAMS})  # _on_partitions_assigned
+    if early_seek:  # getmany while the flow is stopped seeks back to committed offsets
+        await consumer.perform_seek()
+    consumer.resume_partitions({CHANGELOG})  # read the changelogs
+    consumer.resume_flow()
+    assert not consumer.active & STREAMS, "streams fetched during recovery"
+    consumer.pause_partitions({CHANGELOG})  # done reading
+    consumer.resume_partitions(STREAMS)  # on_recovery_completed ...
+    await consumer.perform_seek()  # ... then seek ...
+    assert not consumer.active & STREAMS, "streams fetch before the buffers are cleared"
+    consumer.resume_flow()  # ... after flow_control.resume() cleared the stream buffers
+
+
+async def test_stock_order_fetches_stream_partitions_before_the_seek() -> None:
+    consumer = FakeConsumer()
+    consumer.pause_partitions({CHANGELOG, *STREAMS})
+    consumer.resume_partitions(STREAMS)
+    await consumer.perform_seek()
+    assert consumer.log == ["seek with [0, 1] active"]  # the race the fix closes
+
+
+@pytest.mark.parametrize("early_seek", [False, True])
+async def test_stream_partitions_resume_only_after_seek_and_buffer_clear(early_seek: bool) -> None:
+    consumer = Fixed()
+    await recovery(consumer, early_seek=early_seek)
+    assert consumer.log[-1] == "seek with [] active"
+    assert consumer.active == STREAMS and consumer.flow
+
+
+async def test_a_second_rebalance_holds_the_partitions_again() -> None:
+    consumer = Fixed()
+    await recovery(consumer)
+    await recovery(consumer)  # asserts inside: nothing fetched before its seek
+    assert consumer.active == STREAMS
+
+
+async def test_a_rebalance_between_resume_and_seek_starts_over() -> None:
+    consumer = Fixed()
+    consumer.pause_partitions({CHANGELOG, *STREAMS})
+    consumer.resume_partitions(STREAMS)
+    consumer.pause_partitions({CHANGELOG, *STREAMS})  # the next generation's assignment
+    await consumer.perform_seek()
+    consumer.resume_flow()
+    assert not consumer.active & STREAMS  # its own resume + seek have not happened yet
+    await recovery(consumer)
+    assert consumer.active == STREAMS
+
+
+async def test_changelog_partitions_are_never_held() -> None:
+    consumer = Fixed()
+    consumer.pause_partitions({CHANGELOG, *STREAMS})
+    consumer.resume_partitions({CHANGELOG})
+    assert consumer.active == {CHANGELOG}
+
+
+# -- the producer buffer ----------------------------------------------------------------------
+
+
+class _Conf:
+    producer_threaded = False
+
+
+class _App:
+    conf = _Conf()
+
+
+class _Channel:
+    def __init__(self, delay: float | None) -> None:
+        self.delay = delay
+        self.published: list[int] = []
+
+    async def publish_message(self, fut: Any, wait: bool = False) -> None:
+        if self.delay is None:
+            await asyncio.Event().wait()  # a broker that never takes it
+        await asyncio.sleep(self.delay)
+        self.published.append(fut.n)
+
+
+class _Fut:
+    def __init__(self, n: int, channel: _Channel) -> None:
+        self.n = n
+        self.message = type("M", (), {"channel": channel})()
+
+
+async def _flushed(buffer_class: type[ProducerBuffer], delay: float | None, n: int = 3,
+                   flush_timeout: float | None = None) -> list[int]:  # fmt: skip
+    buffer = buffer_class()
+    buffer.app = _App()  # type: ignore[assignment]
+    if flush_timeout is not None:
+        buffer.flush_timeout = flush_timeout  # type: ignore[attr-defined]
+    channel = _Channel(delay)
+    await buffer.start()
+    try:
+        for i in range(n):
+            buffer.put(_Fut(i, channel))  # type: ignore[arg-type]
+        await buffer.flush()
+        return list(channel.published)
+    finally:
+        with contextlib.suppress(RuntimeError):  # stopping flushes what is left once more
+            await buffer.stop()
+
+
+async def test_stock_flush_returns_with_records_still_buffered() -> None:
+    # Each hand-off takes 0.15 s: Faust's flush gives up after 0.1 s without one.
+    assert len(await _flushed(ProducerBuffer, 0.15)) < 3
+
+
+async def test_draining_flush_returns_only_when_every_record_was_handed_on() -> None:
+    assert await _flushed(DrainingProducerBuffer, 0.15) == [0, 1, 2]
+
+
+async def test_draining_flush_fails_instead_of_returning_when_it_cannot_drain() -> None:
+    with pytest.raises(RuntimeError, match="not drained"):
+        await _flushed(DrainingProducerBuffer, None, n=1, flush_timeout=0.3)
+
+
+def test_draining_producer_replaces_the_buffer() -> None:
+    class Base:
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            self.loop = None
+            self.beacon = None
+            self.buffer = ProducerBuffer()
+            self.buffer.app = _App()  # type: ignore[assignment]
+
+    producer = draining_producer(Base)()  # type: ignore[arg-type]
+    assert isinstance(producer.buffer, DrainingProducerBuffer)
+    assert isinstance(producer.buffer.app, _App)
+    assert draining_producer(type(producer)) is type(producer)
+
+
+# -- offsets: commit what was processed, seek back over gaps ------------------------------------
+
+
+def test_processed_offsets_commit_only_contiguous_processed_records() -> None:
+    offsets = ProcessedOffsets()
+    tp = ("wo.workorder", 0)
+    assert offsets.committable(tp) is None
+    assert offsets.classify(tp, 10, committed=10) == (Order.NEXT, 10)
+    assert offsets.classify(tp, 11, committed=10) == (Order.NEXT, 11)
+    assert offsets.committable(tp) == 10  # planned is not processed
+    offsets.done(tp, 10)
+    assert offsets.committable(tp) == 11
+    assert offsets.classify(tp, 13, committed=10) == (Order.GAP, 12)  # 12 never came
+    assert offsets.classify(tp, 9, committed=10) == (Order.OLD, 12)
+    offsets.done(tp, 11)
+    assert offsets.committable(tp) == 12  # never past the missing 12
+
+
+def test_without_a_committed_offset_the_first_record_is_the_start() -> None:
+    offsets = ProcessedOffsets()
+    assert offsets.classify(("t", 1), 0, committed=None) == (Order.NEXT, 0)
+    offsets.done(("t", 1), 0)
+    assert offsets.committable(("t", 1)) == 1
+
+
+def test_a_gap_is_sought_again_only_after_a_pause_then_given_up() -> None:
+    now = [0.0]
+    offsets = ProcessedOffsets(clock=lambda: now[0])
+    tp = ("t", 0)
+    offsets.classify(tp, 5, committed=5)
+    assert offsets.seek_due(tp, 6)
+    assert not offsets.seek_due(tp, 6)  # records fetched before the seek still arrive
+    for _ in range(GIVE_UP_AFTER - 1):
+        now[0] += RESEEK_AFTER
+        assert not offsets.exhausted(tp, 6)
+        assert offsets.seek_due(tp, 6)
+    now[0] += RESEEK_AFTER
+    assert offsets.exhausted(tp, 6)
+    offsets.accept_gap(tp, 9)
+    assert offsets.committable(tp) == 9
+    assert offsets.classify(tp, 9, committed=None) == (Order.NEXT, 9)
+
+
+class _Message:
+    def __init__(self, topic: str, partition: int, offset: int) -> None:
+        self.topic, self.partition, self.offset = topic, partition, offset
+        self.tp = TP(topic, partition)
+
+
+class _SeekingConsumer:
+    def __init__(self, committed: dict[TP, int]) -> None:
+        self._committed_offset = committed
+        self.seeks: list[tuple[TP, int]] = []
+
+    async def seek(self, tp: TP, offset: int) -> None:
+        self.seeks.append((tp, offset))
+
+
+async def test_the_runner_holds_back_records_past_a_gap_and_seeks_back() -> None:
+    from pipeline.agents.runner import Runner
+
+    consumer = _SeekingConsumer({TP("a", 0): 3, TP("b", 1): 7})
+    runner = Runner.__new__(Runner)  # only what _in_order uses
+    runner.app = type("App", (), {"consumer": consumer})()
+    runner.processed = ProcessedOffsets()
+    runner.metrics = WorkerMetrics.create()
+    runner.signals = defaultdict(int)
+
+    def events(*offsets: tuple[str, int, int]) -> list[Any]:
+        return [type("E", (), {"message": _Message(*o)})() for o in offsets]
+
+    batch = events(("a", 0, 3), ("b", 1, 7), ("a", 0, 5), ("b", 1, 8), ("a", 0, 6))
+    ready = await runner._in_order(batch)
+    assert [(e.message.topic, e.message.offset) for e in ready] == [("a", 3), ("b", 7), ("b", 8)]
+    assert consumer.seeks == [(TP("a", 0), 4)]  # a[4] is missing: fetch again from there
+    for event in ready:
+        runner.processed.done((event.message.topic, event.message.partition), event.message.offset)
+    assert runner.processed.committable(("a", 0)) == 4
+    # after the seek: a[4], a[5], a[6] in order; a[3] again is skipped as already processed
+    ready = await runner._in_order(events(("a", 0, 3), ("a", 0, 4), ("a", 0, 5), ("a", 0, 6)))
+    assert [e.message.offset for e in ready] == [4, 5, 6]
+
+
+def test_the_commit_guard_commits_processed_offsets_not_acked_ones() -> None:
+    class Base:
+        def __init__(self) -> None:
+            self._committed_offset: dict[TP, int | None] = {TP("a", 0): 3}
+            self.trimmed: list[TP] = []
+
+        def _new_offset(self, tp: TP) -> int:
+            self.trimmed.append(tp)
+            return 99  # Faust thinks everything up to 98 is done
+
+        def _should_commit(self, tp: TP, offset: int) -> bool:
+            committed = self._committed_offset.get(tp)
+            return committed is None or offset > committed
+
+        def _filter_committable_offsets(self, tps: Any) -> dict[TP, int]:
+            return {tp: self._new_offset(tp) for tp in tps}
+
+    guarded = commit_guard(Base)()  # type: ignore[arg-type]
+    processed = ProcessedOffsets()
+    processed.classify(("a", 0), 3, committed=3)
+    processed.done(("a", 0), 3)
+    guarded.app = type("App", (), {"wo_processed": processed})()
+    assert guarded._filter_committable_offsets([TP("a", 0), TP("b", 0)]) == {TP("a", 0): 4}
+    assert guarded.trimmed == [TP("a", 0), TP("b", 0)]
+    guarded.app = type("App", (), {})()  # no runner: Faust's own answer
+    assert guarded._filter_committable_offsets([TP("a", 0)]) == {TP("a", 0): 99}
