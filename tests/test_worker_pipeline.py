@@ -98,7 +98,7 @@ async def check_output(broker: Broker, scenario: Scenario) -> dict[str, int]:
     expected = scenario.expected_derived()
     missing = set(expected) - set(got)
     extra = set(got) - set(expected)
-    assert not missing and not extra, (len(missing), len(extra))
+    assert not missing and not extra, describe_difference(scenario, missing, extra, got)
     assert got == expected
     # tenant isolation: nothing of one tenant names the other's entities
     for event_id, value in got.items():
@@ -107,9 +107,40 @@ async def check_output(broker: Broker, scenario: Scenario) -> dict[str, int]:
             if other != tenant:
                 for entity in scenario.ids[other].values():
                     assert entity.encode() not in value, (event_id, tenant, entity)
-    tables = await broker.read_tables(TABLES)
-    assert normalized(tables) == scenario.expected_tables()
+    tables = normalized(await broker.read_tables(TABLES))
+    expected_tables = scenario.expected_tables()
+    differing = [
+        (name, key)
+        for name in TABLES
+        for key in sorted(set(tables.get(name, {})) | set(expected_tables.get(name, {})))
+        if tables.get(name, {}).get(key) != expected_tables.get(name, {}).get(key)
+    ]
+    assert not differing, "\n".join(
+        f"{name}[{key}]: got {tables.get(name, {}).get(key)} "
+        f"want {expected_tables.get(name, {}).get(key)}"
+        for name, key in differing[:10]
+    )
+    assert tables == expected_tables
     return {"derived records": len(records), "derived ids": len(got)}
+
+
+def describe_difference(
+    scenario: Scenario, missing: set[str], extra: set[str], got: dict[str, bytes]
+) -> str:
+    """Which derived events differ, by type, key, cause and time (enough to find the rule)."""
+    causes = {e.id: e.type for e in scenario.events}
+    expected = scenario.expected_derived()
+
+    def line(mark: str, value: bytes) -> str:
+        event = orjson.loads(value)
+        cause = causes.get(event["causationId"], event["causationId"])
+        data = {k: v for k, v in event["data"].items() if not isinstance(v, dict | list)}
+        return f"{mark} {event['type']} at {event['timestamp']} cause {cause}: {data}"
+
+    lines = [f"{len(missing)} missing, {len(extra)} extra derived events"]
+    lines += sorted(line("-", expected[i]) for i in missing)
+    lines += sorted(line("+", got[i]) for i in extra)
+    return "\n".join(lines)
 
 
 def assert_violation_metrics(metrics: str, scenario: Scenario) -> None:
