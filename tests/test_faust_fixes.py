@@ -237,27 +237,36 @@ class _Message:
 
 
 class _SeekingConsumer:
-    def __init__(self, committed: dict[TP, int]) -> None:
+    def __init__(self, committed: dict[TP, int], earliest: dict[TP, int] | None = None) -> None:
         self._committed_offset = committed
+        self.earliest = earliest or {}
         self.seeks: list[tuple[TP, int]] = []
+
+    async def earliest_offsets(self, *tps: TP) -> dict[TP, int]:
+        return {tp: self.earliest[tp] for tp in tps if tp in self.earliest}
 
     async def seek(self, tp: TP, offset: int) -> None:
         self.seeks.append((tp, offset))
 
 
-async def test_the_runner_holds_back_records_past_a_gap_and_seeks_back() -> None:
+def _runner(consumer: _SeekingConsumer) -> Any:
     from pipeline.agents.runner import Runner
 
-    consumer = _SeekingConsumer({TP("a", 0): 3, TP("b", 1): 7})
     runner = Runner.__new__(Runner)  # only what _in_order uses
     runner.app = type("App", (), {"consumer": consumer})()
     runner.processed = ProcessedOffsets()
     runner.metrics = WorkerMetrics.create()
     runner.signals = defaultdict(int)
+    return runner
 
-    def events(*offsets: tuple[str, int, int]) -> list[Any]:
-        return [type("E", (), {"message": _Message(*o)})() for o in offsets]
 
+def events(*offsets: tuple[str, int, int]) -> list[Any]:
+    return [type("E", (), {"message": _Message(*o)})() for o in offsets]
+
+
+async def test_the_runner_holds_back_records_past_a_gap_and_seeks_back() -> None:
+    consumer = _SeekingConsumer({TP("a", 0): 3, TP("b", 1): 7})
+    runner = _runner(consumer)
     batch = events(("a", 0, 3), ("b", 1, 7), ("a", 0, 5), ("b", 1, 8), ("a", 0, 6))
     ready = await runner._in_order(batch)
     assert [(e.message.topic, e.message.offset) for e in ready] == [("a", 3), ("b", 7), ("b", 8)]
@@ -296,3 +305,14 @@ def test_the_commit_guard_commits_processed_offsets_not_acked_ones() -> None:
     assert guarded.trimmed == [TP("a", 0), TP("b", 0)]
     guarded.app = type("App", (), {})()  # no runner: Faust's own answer
     assert guarded._filter_committable_offsets([TP("a", 0)]) == {TP("a", 0): 99}
+
+
+async def test_a_never_committed_partition_starts_at_its_log_start() -> None:
+    # The restart bug this catches: a partition without a committed offset whose first
+    # delivered record was offset 1; offset 0 (a forwarded fact) was never processed.
+    consumer = _SeekingConsumer({}, earliest={TP("f", 3): 0})
+    runner = _runner(consumer)
+    assert await runner._in_order(events(("f", 3, 1), ("f", 3, 2))) == []
+    assert consumer.seeks == [(TP("f", 3), 0)]
+    ready = await runner._in_order(events(("f", 3, 0), ("f", 3, 1), ("f", 3, 2)))
+    assert [e.message.offset for e in ready] == [0, 1, 2]

@@ -48,12 +48,16 @@ class ProcessedOffsets:
         self._done.clear()
         self._seeks.clear()
 
+    def knows(self, tp: Partition) -> bool:
+        """Whether ``tp`` has an expected offset (seen since the last :meth:`clear`)."""
+        return tp in self._planned
+
     def classify(self, tp: Partition, offset: int, committed: int | None) -> tuple[Order, int]:
         """Where ``offset`` stands against the expected one (returned too); NEXT advances it.
 
-        ``committed`` is the group's committed offset of the partition, the start when this
-        process has not seen the partition since its assignment (None: nothing committed,
-        the first record delivered is the start).
+        ``committed`` is where the partition starts when this process has not seen it since
+        its assignment: the group's committed offset, or for a partition never committed its
+        log start (None: unknown, the first record delivered is the start).
         """
         expected = self._planned.get(tp)
         if expected is None:

@@ -186,6 +186,13 @@ class Runner:
             if ready:
                 self._done()
 
+    async def _log_start(self, tp: Any) -> int | None:
+        try:
+            return (await self.app.consumer.earliest_offsets(tp)).get(tp)
+        except Exception:  # the broker did not answer: the first record is the start
+            log.warning("no log start offset for %s; trusting the first record", tp)
+            return None
+
     async def _in_order(self, events: Sequence[EventT]) -> list[EventT]:
         """The records of ``events`` to process now, in order (see :mod:`.offsets`).
 
@@ -201,9 +208,12 @@ class Runner:
             tp = (message.topic, message.partition)
             if tp in blocked:
                 continue
-            order, expected = self.processed.classify(
-                tp, message.offset, committed.get(message.tp)
-            )
+            start = committed.get(message.tp)
+            if start is None and not self.processed.knows(tp):
+                # Never committed: the partition starts at its log start, whatever came first
+                # (a restart lost the first records of such partitions before this check).
+                start = await self._log_start(message.tp)
+            order, expected = self.processed.classify(tp, message.offset, start)
             if order is Order.NEXT:
                 ready.append(event)
             elif order is Order.GAP:
