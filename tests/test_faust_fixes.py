@@ -16,7 +16,7 @@ from faust.transport.producer import ProducerBuffer
 from faust.types import TP
 
 from pipeline.agents.consumer import commit_guard, seek_first
-from pipeline.agents.offsets import GIVE_UP_AFTER, RESEEK_AFTER, Order, ProcessedOffsets
+from pipeline.agents.offsets import RESEEK_AFTER, Order, ProcessedOffsets
 from pipeline.agents.producer import DrainingProducerBuffer, draining_producer
 from pipeline.metrics import WorkerMetrics
 
@@ -119,7 +119,7 @@ class _Conf:
     producer_threaded = False
 
 
-class _App:
+class _BufferApp:
     conf = _Conf()
 
 
@@ -144,7 +144,7 @@ class _Fut:
 async def _flushed(buffer_class: type[ProducerBuffer], delay: float | None, n: int = 3,
                    flush_timeout: float | None = None) -> list[int]:  # fmt: skip
     buffer = buffer_class()
-    buffer.app = _App()  # type: ignore[assignment]
+    buffer.app = _BufferApp()  # type: ignore[assignment]
     if flush_timeout is not None:
         buffer.flush_timeout = flush_timeout  # type: ignore[attr-defined]
     channel = _Channel(delay)
@@ -179,11 +179,11 @@ def test_draining_producer_replaces_the_buffer() -> None:
             self.loop = None
             self.beacon = None
             self.buffer = ProducerBuffer()
-            self.buffer.app = _App()  # type: ignore[assignment]
+            self.buffer.app = _BufferApp()  # type: ignore[assignment]
 
     producer = draining_producer(Base)()  # type: ignore[arg-type]
     assert isinstance(producer.buffer, DrainingProducerBuffer)
-    assert isinstance(producer.buffer.app, _App)
+    assert isinstance(producer.buffer.app, _BufferApp)
     assert draining_producer(type(producer)) is type(producer)
 
 
@@ -212,19 +212,15 @@ def test_without_a_committed_offset_the_first_record_is_the_start() -> None:
     assert offsets.committable(("t", 1)) == 1
 
 
-def test_a_gap_is_sought_again_only_after_a_pause_then_given_up() -> None:
+def test_a_gap_is_sought_once_until_the_pause_is_over() -> None:
     now = [0.0]
     offsets = ProcessedOffsets(clock=lambda: now[0])
     tp = ("t", 0)
     offsets.classify(tp, 5, committed=5)
     assert offsets.seek_due(tp, 6)
     assert not offsets.seek_due(tp, 6)  # records fetched before the seek still arrive
-    for _ in range(GIVE_UP_AFTER - 1):
-        now[0] += RESEEK_AFTER
-        assert not offsets.exhausted(tp, 6)
-        assert offsets.seek_due(tp, 6)
     now[0] += RESEEK_AFTER
-    assert offsets.exhausted(tp, 6)
+    assert offsets.seek_due(tp, 6)
     offsets.accept_gap(tp, 9)
     assert offsets.committable(tp) == 9
     assert offsets.classify(tp, 9, committed=None) == (Order.NEXT, 9)
@@ -249,14 +245,24 @@ class _SeekingConsumer:
         self.seeks.append((tp, offset))
 
 
+class _App:
+    def __init__(self, consumer: _SeekingConsumer) -> None:
+        self.consumer = consumer
+        self.crashed: list[BaseException] = []
+
+    async def crash(self, exc: BaseException) -> None:
+        self.crashed.append(exc)
+
+
 def _runner(consumer: _SeekingConsumer) -> Any:
     from pipeline.agents.runner import Runner
 
-    runner = Runner.__new__(Runner)  # only what _in_order uses
-    runner.app = type("App", (), {"consumer": consumer})()
+    runner = Runner.__new__(Runner)  # only what _in_order and _watch_gap use
+    runner.app = _App(consumer)
     runner.processed = ProcessedOffsets()
     runner.metrics = WorkerMetrics.create()
     runner.signals = defaultdict(int)
+    runner._gap_watch = {}
     return runner
 
 
@@ -316,3 +322,42 @@ async def test_a_never_committed_partition_starts_at_its_log_start() -> None:
     assert consumer.seeks == [(TP("f", 3), 0)]
     ready = await runner._in_order(events(("f", 3, 0), ("f", 3, 1), ("f", 3, 2)))
     assert [e.message.offset for e in ready] == [0, 1, 2]
+
+
+@pytest.fixture
+def quick_reseek(monkeypatch: pytest.MonkeyPatch) -> None:
+    from pipeline.agents import offsets
+
+    monkeypatch.setattr(offsets, "RESEEK_AFTER", 0.01)
+    monkeypatch.setattr(offsets, "GIVE_UP_AFTER", 2)
+
+
+async def test_missing_records_the_broker_still_has_stop_the_worker(quick_reseek: None) -> None:
+    consumer = _SeekingConsumer({TP("d", 3): 0}, earliest={TP("d", 3): 0})
+    runner = _runner(consumer)
+    assert await runner._in_order(events(("d", 3, 1))) == []
+    await runner._gap_watch[("d", 3)]
+    assert consumer.seeks == [(TP("d", 3), 0)] * 3  # the first seek, then 2 more
+    assert len(runner.app.crashed) == 1 and "not delivered" in str(runner.app.crashed[0])
+    assert runner.processed.committable(("d", 3)) == 0  # nothing committed past them
+
+
+async def test_records_the_broker_deleted_are_skipped_loudly(quick_reseek: None) -> None:
+    consumer = _SeekingConsumer({TP("d", 3): 0}, earliest={TP("d", 3): 5})
+    runner = _runner(consumer)
+    await runner._in_order(events(("d", 3, 7)))
+    await runner._gap_watch[("d", 3)]
+    assert consumer.seeks[-1] == (TP("d", 3), 5) and not runner.app.crashed
+    ready = await runner._in_order(events(("d", 3, 5), ("d", 3, 6)))
+    assert [e.message.offset for e in ready] == [5, 6]
+
+
+async def test_a_gap_filled_after_the_seek_stops_the_watch(quick_reseek: None) -> None:
+    consumer = _SeekingConsumer({TP("d", 3): 0})
+    runner = _runner(consumer)
+    await runner._in_order(events(("d", 3, 1)))
+    ready = await runner._in_order(events(("d", 3, 0), ("d", 3, 1)))
+    for event in ready:
+        runner.processed.done(("d", 3), event.message.offset)
+    await runner._gap_watch[("d", 3)]
+    assert consumer.seeks == [(TP("d", 3), 0)] and not runner.app.crashed

@@ -8,8 +8,9 @@ per source partition, the next offset it has processed every record before, and 
 (``pipeline.agents.consumer.commit_guard``). Records reach the runner in offset order per
 partition; one that arrives past the expected offset reveals a gap: it is held back (acked, not
 processed) and the partition is sought back to the first missing offset, so the missing records
-come again, in order. Only after :data:`GIVE_UP_AFTER` seeks that did not bring them back (the
-broker no longer has them, e.g. retention deleted them) is the gap accepted, loudly.
+come again, in order. The runner seeks again while they do not come; after :data:`GIVE_UP_AFTER`
+seeks it skips them only if the broker deleted them (log start past them), and otherwise stops
+the worker rather than lose them (``Runner._watch_gap``).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from enum import Enum
 
 Partition = tuple[str, int]
 
-#: Seeks back to one missing offset before the gap is accepted as records the broker lost.
+#: Seeks back to one missing offset before the runner skips it (deleted) or stops (not).
 GIVE_UP_AFTER = 3
 #: Seconds before the same gap may be sought again (the first seek needs time to take effect:
 #: records fetched before it keep arriving meanwhile).
@@ -89,16 +90,6 @@ class ProcessedOffsets:
         else:
             self._seeks[tp] = (expected, 1, now)
         return True
-
-    def exhausted(self, tp: Partition, expected: int) -> bool:
-        """Whether ``expected`` was sought :data:`GIVE_UP_AFTER` times without coming back."""
-        last = self._seeks.get(tp)
-        return (
-            last is not None
-            and last[0] == expected
-            and last[1] >= GIVE_UP_AFTER
-            and self._clock() - last[2] >= RESEEK_AFTER
-        )
 
     def accept_gap(self, tp: Partition, offset: int) -> None:
         """Give up on the records before ``offset``: the next expected one is ``offset``."""

@@ -44,9 +44,10 @@ from faust.types import EventT, TopicT
 from events.envelope import DomainEvent
 from events.ids import unix_ms
 from events.parsing import ParseError, parse_event
+from pipeline.agents import offsets
 from pipeline.agents.batch import Pending
 from pipeline.agents.cache import StateCache
-from pipeline.agents.offsets import GIVE_UP_AFTER, Order, ProcessedOffsets
+from pipeline.agents.offsets import Order, ProcessedOffsets
 from pipeline.agents.records import (
     KIND_EVENT,
     KIND_FACT,
@@ -139,6 +140,7 @@ class Runner:
         self.positions: dict[tuple[str, int], int] = {}
         # what the consumer commits: offsets processed in order (pipeline.agents.offsets)
         self.processed = ProcessedOffsets()
+        self._gap_watch: dict[tuple[str, int], asyncio.Future[None]] = {}
         self.inflight = 0
         self.signals: defaultdict[str, int] = defaultdict(int)
         # wall-clock seconds of the first and the latest record completed (benchmarks, status)
@@ -186,6 +188,50 @@ class Runner:
             if ready:
                 self._done()
 
+    async def _seek(self, tp: Any, offset: int) -> None:
+        """Seek in the consumer's own thread and wait for the new position (as Faust's recovery
+        does), falling back to ``Consumer.seek`` for consumers without that thread."""
+        thread = getattr(self.app.consumer, "_thread", None)
+        if thread is not None and hasattr(thread, "seek_wait"):
+            await thread.seek_wait({tp: offset})
+        else:
+            await self.app.consumer.seek(tp, offset)
+
+    async def _watch_gap(self, faust_tp: Any, tp: tuple[str, int], expected: int) -> None:
+        """Seek again while the missing records do not come; stop the worker if they never do.
+
+        Records the broker deleted (log start past them) are skipped, loudly; records it still
+        has but never delivers stop the worker (its restart reads from the committed offset,
+        which never passed them) rather than be lost.
+        """
+        try:
+            for _ in range(offsets.GIVE_UP_AFTER):
+                await asyncio.sleep(offsets.RESEEK_AFTER)
+                done = self.processed.committable(tp)
+                if done is None or done > expected:
+                    return  # filled, or the partition moved (a rebalance cleared it)
+                log.error("%s[%d]: offset %d still missing; seeking back again", *tp, expected)
+                await self._seek(faust_tp, expected)
+            done = self.processed.committable(tp)
+            if done is None or done > expected:
+                return
+            start = await self._log_start(faust_tp)
+            if start is not None and start > expected:
+                log.error("records %s[%d] %d..%d were deleted by the broker; skipped",
+                          tp[0], tp[1], expected, start - 1)  # fmt: skip
+                self.metrics.gaps.labels(tp[0], "skipped").inc()
+                self.processed.accept_gap(tp, start)
+                await self._seek(faust_tp, start)
+                return
+            error = RuntimeError(
+                f"{tp[0]}[{tp[1]}]: records from offset {expected} are in the log but were not "
+                f"delivered after {offsets.GIVE_UP_AFTER} seeks; stopping instead of skipping them"
+            )
+            log.critical("%s", error)
+            await self.app.crash(error)
+        finally:
+            self._gap_watch.pop(tp, None)
+
     async def _log_start(self, tp: Any) -> int | None:
         try:
             return (await self.app.consumer.earliest_offsets(tp)).get(tp)
@@ -217,22 +263,16 @@ class Runner:
             if order is Order.NEXT:
                 ready.append(event)
             elif order is Order.GAP:
-                if self.processed.exhausted(tp, expected):
-                    log.error("records %s[%d] %d..%d not redelivered after %d seeks; skipped",
-                              tp[0], tp[1], expected, message.offset - 1,
-                              GIVE_UP_AFTER)  # fmt: skip
-                    self.metrics.gaps.labels(tp[0], "skipped").inc()
-                    self.processed.accept_gap(tp, message.offset)
-                    self.processed.classify(tp, message.offset, None)
-                    ready.append(event)
-                    continue
                 blocked.add(tp)
-                if self.processed.seek_due(tp, expected):
+                if tp not in self._gap_watch and self.processed.seek_due(tp, expected):
                     log.error("%s[%d]: offset %d delivered, %d expected; seeking back",
                               tp[0], tp[1], message.offset, expected)  # fmt: skip
                     self.metrics.gaps.labels(tp[0], "sought").inc()
                     self.signals["gaps"] += 1
-                    await self.app.consumer.seek(message.tp, expected)
+                    await self._seek(message.tp, expected)
+                    self._gap_watch[tp] = asyncio.ensure_future(
+                        self._watch_gap(message.tp, tp, expected)
+                    )
         return ready
 
     async def on_event(self, event: EventT) -> None:
