@@ -31,6 +31,16 @@ class FakeConsumer:
         self.active: set[TP] = set()
         self.flow = False
         self.log: list[str] = []
+        # wo.workorder 0 was committed at 7; partition 1 never was (log start 0)
+        self._committed_offset: dict[TP, int | None] = {TP("wo.workorder", 0): 7}
+        self._read_offset: dict[TP, int | None] = {TP("wo.workorder", 1): 12}
+        self.sought: list[tuple[TP, int]] = []
+
+    async def earliest_offsets(self, *tps: TP) -> dict[TP, int]:
+        return {tp: 0 for tp in tps}
+
+    async def seek(self, tp: TP, offset: int) -> None:
+        self.sought.append((tp, offset))
 
     def _is_changelog_tp(self, tp: TP) -> bool:
         return tp.topic.endswith("-changelog")
@@ -84,6 +94,9 @@ async def test_stream_partitions_resume_only_after_seek_and_buffer_clear(early_s
     await recovery(consumer, early_seek=early_seek)
     assert consumer.log[-1] == "seek with [] active"
     assert consumer.active == STREAMS and consumer.flow
+    # the never-committed partition starts at its log start, not at the fetch position
+    assert consumer.sought == [(TP("wo.workorder", 1), 0)]
+    assert consumer._read_offset[TP("wo.workorder", 1)] is None
 
 
 async def test_a_second_rebalance_holds_the_partitions_again() -> None:

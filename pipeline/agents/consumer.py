@@ -15,7 +15,9 @@ skipped per partition right after the restart). Faust's issues #216 and #596 des
 family of races. The fix keeps the stream partitions paused until the seek is done *and* the
 buffers are cleared: ``resume_partitions`` only remembers them, ``perform_seek`` marks the
 seek done, and ``resume_flow`` (called after the clear) resumes them, so their first fetch
-starts at the committed offset into empty buffers.
+starts at the committed offset into empty buffers. A partition without a committed offset is
+sought to its log start too (Faust leaves it at the client's fetch position, which records
+fetched before the seek had moved on: a restart lost the head of such partitions).
 
 **Commit what was processed** (:func:`commit_guard`, always on with the worker's runner).
 Faust commits acked offsets, and its gap bookkeeping can run past records that never reached an
@@ -84,7 +86,28 @@ class _SeekFirst:
         self._seek_state()
         await super().perform_seek()  # type: ignore[misc]
         if self._deferred:  # the seek that follows resume_partitions in recovery
+            await self._seek_uncommitted_to_log_start(self._deferred)
             self._seek_done = True
+
+    async def _seek_uncommitted_to_log_start(self: Any, tps: set[TP]) -> None:
+        # Faust's perform_seek leaves a partition without a committed offset where the client's
+        # fetch position happens to be: past any record fetched for it before the seek (and
+        # dropped with the buffers). Seek those to their log start, as a commit there would.
+        committed = self._committed_offset
+        uncommitted = [tp for tp in tps if committed.get(tp) is None]
+        if not uncommitted:
+            return
+        starts = await self.earliest_offsets(*uncommitted)
+        thread = getattr(self, "_thread", None)
+        for tp in uncommitted:
+            start = starts.get(tp)
+            if start is None:
+                continue
+            if thread is not None and hasattr(thread, "seek_wait"):
+                await thread.seek_wait({tp: start})
+            else:
+                await self.seek(tp, start)
+            self._read_offset[tp] = None  # deliver from the log start on
 
     def resume_flow(self: Any) -> None:
         self._seek_state()
