@@ -107,7 +107,7 @@ def create_app(
       health).
     * ``broker_session_timeout=10`` with the tansu transport only: see
       :data:`EMBEDDED_BROKER_SESSION_TIMEOUT`.
-    * ``WO_FAUST_FAST_DRAIN=true`` (off by default) makes the consumer hand records to the
+    * ``WO_FAUST_FAST_DRAIN`` (on by default) makes the consumer hand records to the
       streams without Faust's per-record ``wait_first`` (:mod:`pipeline.agents.consumer`).
 
     Pinned although Faust 0.15 has the same default, because losing it would
@@ -152,7 +152,7 @@ def create_app(
     transport.Producer = draining_producer(transport.Producer)  # type: ignore[misc]
     if settings.faust_fast_drain:
         # Faust's consumer starts four tasks per record it hands to the streams; this one does
-        # not while the flow runs (off by default, see pipeline.agents.consumer).
+        # not while the flow runs (see pipeline.agents.consumer).
         transport.Consumer = fast_drain(transport.Consumer)  # type: ignore[misc]
     return app
 

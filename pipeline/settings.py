@@ -39,9 +39,10 @@ class Settings(BaseSettings):
     web_tokens: SecretStr | None = None
 
     app_id: str = "wo-stream"
-    # Experimental faster Faust consumer loop (pipeline/agents/consumer.py); off until the
-    # restart test's one lost-events failure with it on is explained.
-    faust_fast_drain: bool = False
+    # Faust's consumer loop without a task per record (pipeline/agents/consumer.py): 1.25-1.3x
+    # worker throughput (bench/README.md). Its one restart-test loss was Faust's restart races,
+    # fixed in the same module; set false to get Faust's own loop back.
+    faust_fast_drain: bool = True
 
     # NATS <-> Kafka bridge (connectors/bridge.py, ingress.py, egress.py).
     # Metrics and /healthz; port 0 = no HTTP server. Loopback by default: expose deliberately.
