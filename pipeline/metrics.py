@@ -100,8 +100,8 @@ class WorkerMetrics:
             gaps=Counter(
                 "wo_worker_offset_gaps_total",
                 "Records delivered past a missing offset: the partition was sought back "
-                "(action=sought) or, after repeated seeks, the missing ones were skipped "
-                "(action=skipped).",
+                "(action=sought) or, after repeated seeks, skipped because the broker deleted "
+                "them (action=skipped).",
                 ["topic", "action"],
                 registry=reg,
             ),
