@@ -51,7 +51,12 @@ from connectors.dead_letter import (
     pause,
     publish_pipelined,
 )
-from connectors.kafka_consumer import poll_until_stopped, start_subscribed, stop_quietly
+from connectors.kafka_consumer import (
+    group_timeouts,
+    poll_until_stopped,
+    start_subscribed,
+    stop_quietly,
+)
 from events.parsing import ParseError, parse_event
 from events.subjects import domain_for
 from pipeline.settings import Settings
@@ -141,9 +146,7 @@ class Egress:
             group_id=s.egress_group,
             enable_auto_commit=False,
             auto_offset_reset="earliest",
-            session_timeout_ms=s.egress_session_timeout_ms,
-            heartbeat_interval_ms=max(min(3000, s.egress_session_timeout_ms // 3), 100),
-            rebalance_timeout_ms=s.egress_session_timeout_ms,
+            **group_timeouts(s.egress_session_timeout_ms),
             max_poll_records=s.egress_batch_size,
             # Derived events written in aborted transactions must never reach NATS.
             isolation_level="read_committed",

@@ -3,12 +3,39 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 
 from connectors.kafka_topics import ensure_topics
 
 Batches = dict[TopicPartition, list[ConsumerRecord]]
+
+
+def group_timeouts(session_timeout_ms: int) -> dict[str, Any]:
+    """Consumer-group timings from one session timeout: heartbeat a third of it (1 s..3 s
+    band, at least 100 ms) and the same budget for a rebalance."""
+    return {
+        "session_timeout_ms": session_timeout_ms,
+        "heartbeat_interval_ms": max(min(3000, session_timeout_ms // 3), 100),
+        "rebalance_timeout_ms": session_timeout_ms,
+    }
+
+
+async def consume_batches(
+    consumer: AIOKafkaConsumer,
+    stop: asyncio.Event,
+    *,
+    max_records: int,
+    handle: Callable[[AIOKafkaConsumer, Batches], Awaitable[None]],
+) -> None:
+    """Hand every non-empty ``getmany`` result to ``handle`` until ``stop`` is set."""
+    while (
+        batches := await poll_until_stopped(consumer, stop, max_records=max_records)
+    ) is not None:
+        if batches:
+            await handle(consumer, batches)
 
 
 async def start_subscribed(

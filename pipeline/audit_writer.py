@@ -53,7 +53,12 @@ from connectors.dead_letter import (
     now_iso,
     pause,
 )
-from connectors.kafka_consumer import poll_until_stopped, start_subscribed, stop_quietly
+from connectors.kafka_consumer import (
+    consume_batches,
+    group_timeouts,
+    start_subscribed,
+    stop_quietly,
+)
 from events.envelope import DomainEvent
 from events.parsing import ParseError, parse_event
 from events.subjects import DOMAIN_TOPICS
@@ -164,9 +169,7 @@ class AuditWriter:
             group_id=s.audit_group,
             enable_auto_commit=False,
             auto_offset_reset="earliest",
-            session_timeout_ms=s.audit_session_timeout_ms,
-            heartbeat_interval_ms=max(min(3000, s.audit_session_timeout_ms // 3), 100),
-            rebalance_timeout_ms=s.audit_session_timeout_ms,
+            **group_timeouts(s.audit_session_timeout_ms),
             # A database outage may last: the heartbeat keeps the membership meanwhile.
             max_poll_interval_ms=86_400_000,
             max_poll_records=s.audit_batch_size,
@@ -186,7 +189,12 @@ class AuditWriter:
                             list(DOMAIN_TOPICS.values()),
                             partitions=self._settings.partitions,
                         )
-                    await self._loop(self._consumer)
+                    await consume_batches(
+                        self._consumer,
+                        self._stop,
+                        max_records=self._settings.audit_batch_size,
+                        handle=self.handle_batch,
+                    )
                     failures = 0
                 except Stopping:
                     break
@@ -208,14 +216,6 @@ class AuditWriter:
     async def _drop_consumer(self) -> None:
         consumer, self._consumer = self._consumer, None
         await stop_quietly(consumer)
-
-    async def _loop(self, consumer: AIOKafkaConsumer) -> None:
-        size = self._settings.audit_batch_size
-        while (
-            batches := await poll_until_stopped(consumer, self._stop, max_records=size)
-        ) is not None:
-            if batches:
-                await self.handle_batch(consumer, batches)
 
     # -- one batch -------------------------------------------------------------------------
 

@@ -61,7 +61,12 @@ from connectors.dead_letter import (
     pause,
     target_subject,
 )
-from connectors.kafka_consumer import poll_until_stopped, start_subscribed, stop_quietly
+from connectors.kafka_consumer import (
+    consume_batches,
+    group_timeouts,
+    start_subscribed,
+    stop_quietly,
+)
 from connectors.webhook_http import AddressPolicy, HttpLimits, WebhookSender
 from connectors.webhook_store import AsyncWebhookStore, Delivery, NewDelivery, WebhookStore
 from events.parsing import ParseError, parse_event
@@ -519,9 +524,7 @@ class Dispatcher:
             group_id=s.webhook_group,
             enable_auto_commit=False,
             auto_offset_reset="earliest",
-            session_timeout_ms=s.webhook_session_timeout_ms,
-            heartbeat_interval_ms=max(min(3000, s.webhook_session_timeout_ms // 3), 100),
-            rebalance_timeout_ms=s.webhook_session_timeout_ms,
+            **group_timeouts(s.webhook_session_timeout_ms),
             max_poll_interval_ms=86_400_000,  # a stalled store keeps the membership
             max_poll_records=s.webhook_batch_size,
             metadata_max_age_ms=30_000,
@@ -542,7 +545,12 @@ class Dispatcher:
                     list(DOMAIN_TOPICS.values()),
                     partitions=self._settings.partitions,
                 )
-                await self._consume(consumer)
+                await consume_batches(
+                    consumer,
+                    self._stop,
+                    max_records=self._settings.webhook_batch_size,
+                    handle=self.handle_batch,
+                )
                 failures = 0
             except Exception as exc:  # broker or store trouble: re-read from the last commit
                 failures += 1
@@ -553,14 +561,6 @@ class Dispatcher:
                     break
             finally:
                 await stop_quietly(consumer)
-
-    async def _consume(self, consumer: AIOKafkaConsumer) -> None:
-        size = self._settings.webhook_batch_size
-        while (
-            batches := await poll_until_stopped(consumer, self._stop, max_records=size)
-        ) is not None:
-            if batches:
-                await self.handle_batch(consumer, batches)
 
     async def handle_batch(
         self, consumer: AIOKafkaConsumer, batches: dict[TopicPartition, list[ConsumerRecord]]
