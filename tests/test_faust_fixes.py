@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections import defaultdict
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -267,6 +268,19 @@ class _App:
         self.crashed.append(exc)
 
 
+_RUNNERS: list[Any] = []
+
+
+@pytest.fixture(autouse=True)
+async def _stop_gap_watches() -> AsyncIterator[None]:
+    """Cancel the runners' gap watches after each test: left running, they would log (and
+    "crash" their fake app) seconds later, inside whatever test runs then."""
+    yield
+    while _RUNNERS:
+        for task in list(_RUNNERS.pop()._gap_watch.values()):
+            task.cancel()
+
+
 def _runner(consumer: _SeekingConsumer) -> Any:
     from pipeline.agents.runner import Runner
 
@@ -276,6 +290,7 @@ def _runner(consumer: _SeekingConsumer) -> Any:
     runner.metrics = WorkerMetrics.create()
     runner.signals = defaultdict(int)
     runner._gap_watch = {}
+    _RUNNERS.append(runner)
     return runner
 
 

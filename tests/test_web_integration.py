@@ -89,7 +89,9 @@ async def wait_ready(*workers: WebWorker, limit: float = 60.0) -> None:
     while not all([(await call(w, "/ready", None))[0] == 200 for w in workers]):
         for w in workers:
             w.check_healthy()
-        assert time.monotonic() - started < limit, "\n".join(w.describe() for w in workers)
+        assert time.monotonic() - started < limit, "\n".join(
+            w.describe(stuck=True) for w in workers
+        )
         await asyncio.sleep(0.2)
 
 

@@ -78,7 +78,9 @@ async def wait_assigned(broker: Broker, *workers: PipelineWorker, limit: float =
         owned = [p for s in statuses if s for p in s["assigned"]]
         if all(s and s["assigned"] for s in statuses) and sorted(owned) == list(range(PARTITIONS)):
             return time.monotonic() - started
-        assert time.monotonic() - started < limit, "\n".join(w.describe() for w in workers)
+        assert time.monotonic() - started < limit, "\n".join(
+            w.describe(stuck=True) for w in workers
+        )
         await asyncio.sleep(0.2)
 
 

@@ -27,6 +27,7 @@ from tests.test_worker_restart import free_port, read_changelog
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DERIVED = "wo.derived"
+DUMP_START, DUMP_END = "=== wo diagnostics: threads ===", "=== wo diagnostics: end ==="
 
 
 @dataclass
@@ -75,9 +76,24 @@ class PipelineWorker:
     def log_text(self) -> str:
         return self.runs[-1][1].read_text(errors="replace")
 
-    def describe(self) -> str:
-        tail = "\n".join(self.log_text().splitlines()[-40:])
-        return f"{self.name} run {len(self.runs)} (rc {self.proc.poll()}):\n{tail}"
+    def describe(self, *, stuck: bool = False) -> str:
+        """The log's tail; ``stuck``: first ask a live worker for its task dump (SIGUSR2,
+        :mod:`pipeline.diagnostics`) and append it, for a worker that stopped progressing."""
+        dump = self.task_dump() if stuck else ""
+        tail = "\n".join(self.log_text().split(DUMP_START)[0].splitlines()[-40:])
+        return f"{self.name} run {len(self.runs)} (rc {self.proc.poll()}):\n{tail}{dump}"
+
+    def task_dump(self, wait: float = 10.0) -> str:
+        if self.proc.poll() is not None:
+            return ""
+        self.proc.send_signal(signal.SIGUSR2)
+        deadline = time.monotonic() + wait
+        while DUMP_END not in self.log_text() and time.monotonic() < deadline:
+            time.sleep(0.1)  # a dump is written synchronously in one go; no event to wait on
+        text = self.log_text()
+        if DUMP_START not in text:
+            return "\n(no task dump)"
+        return "\n" + DUMP_START + text.split(DUMP_START, 1)[1].split(DUMP_END, 1)[0] + DUMP_END
 
     def check_healthy(self) -> None:
         assert self.proc.poll() is None, f"worker died: {self.describe()}"
@@ -178,7 +194,9 @@ class Broker:
         started = time.monotonic()
         calm = 0
         while calm < 2:
-            assert time.monotonic() - started < limit, "\n".join(w.describe() for w in workers)
+            assert time.monotonic() - started < limit, "\n".join(
+                w.describe(stuck=True) for w in workers
+            )
             for w in workers:
                 w.check_healthy()
             statuses = [await w.status() for w in workers]
