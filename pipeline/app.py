@@ -177,6 +177,15 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
+class _Worker(faust.Worker):
+    """SIGUSR2 dumps threads and tasks (:mod:`pipeline.diagnostics`) instead of starting pdb."""
+
+    def _on_sigusr2(self) -> None:
+        from pipeline.diagnostics import dump
+
+        dump(self.app)
+
+
 def run_worker(
     app: faust.App,
     *,
@@ -186,8 +195,9 @@ def run_worker(
     """Run a Faust worker for ``app`` in this process until it is stopped.
 
     Blocks; installs Faust's signal handlers (SIGTERM/SIGINT stop the worker
-    cleanly, committing offsets) and exits the process when the worker stops.
+    cleanly, committing offsets; SIGUSR2 dumps stacks, :mod:`pipeline.diagnostics`) and
+    exits the process when the worker stops.
     ``worker_options`` go to ``faust.Worker`` (e.g. ``logfile``).
     """
-    worker = faust.Worker(app, loglevel=loglevel, **dict(worker_options or {}))
+    worker = _Worker(app, loglevel=loglevel, **dict(worker_options or {}))
     worker.execute_from_commandline()

@@ -3,8 +3,9 @@
 For a worker that is alive but not progressing (a stuck rebalance, seek or flush): ``kill
 -USR2 <pid>`` prints, for the main loop and the consumer thread's loop, each pending task with
 the coroutine chain it waits in (``cr_await`` walked down to the innermost frame), which
-``mode``'s own SIGUSR1 dump does not show for the consumer thread. It replaces ``mode``'s
-SIGUSR2 handler (which starts pdb, useless in a detached worker). Only code locations are
+``mode``'s own SIGUSR1 dump does not show for the consumer thread. ``pipeline.app.run_worker``
+routes SIGUSR2 here instead of ``mode``'s pdb (useless in a detached worker); :func:`install`
+does the same for other loops. Only code locations are
 printed, never local variables, so no payload value can reach the log.
 """
 

@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
+from aiokafka.errors import IllegalStateError
 from faust.transport.producer import ProducerBuffer
 from faust.types import TP
 
@@ -36,11 +37,20 @@ class FakeConsumer:
         self._committed_offset: dict[TP, int | None] = {TP("wo.workorder", 0): 7}
         self._read_offset: dict[TP, int | None] = {TP("wo.workorder", 1): 12}
         self.sought: list[tuple[TP, int]] = []
+        self.assigned: set[TP] = {CHANGELOG, *STREAMS}
+
+    def assignment(self) -> set[TP]:
+        return set(self.assigned)
+
+    def _check_assigned(self, tps: Any) -> None:
+        if not set(tps) <= self.assigned:  # as aiokafka's seek/position/pause/resume do
+            raise IllegalStateError(f"{set(tps) - self.assigned} are not assigned")
 
     async def earliest_offsets(self, *tps: TP) -> dict[TP, int]:
         return {tp: 0 for tp in tps}
 
     async def seek(self, tp: TP, offset: int) -> None:
+        self._check_assigned({tp})
         self.sought.append((tp, offset))
 
     def _is_changelog_tp(self, tp: TP) -> bool:
@@ -50,6 +60,7 @@ class FakeConsumer:
         self.active -= set(tps)
 
     def resume_partitions(self, tps: Any) -> None:
+        self._check_assigned(tps)
         self.active |= set(tps)
 
     async def perform_seek(self) -> None:
@@ -117,6 +128,28 @@ async def test_a_rebalance_between_resume_and_seek_starts_over() -> None:
     assert not consumer.active & STREAMS  # its own resume + seek have not happened yet
     await recovery(consumer)
     assert consumer.active == STREAMS
+
+
+async def test_partitions_moved_away_by_an_interrupted_recovery_are_forgotten() -> None:
+    """Generation 0 owns both partitions; a rebalance cancels its recovery after the resume,
+    before the seek; generation 1 owns only partition 0. Its recovery must finish (seeking or
+    resuming partition 1 raised IllegalStateError, and Faust's recovery then never finished)."""
+    p0, p1 = sorted(STREAMS)
+    consumer = Fixed()
+    consumer.pause_partitions({CHANGELOG, p0, p1})
+    consumer.resume_partitions({p0, p1})  # on_recovery_completed, then the seek is cancelled
+    consumer.assigned = {CHANGELOG, p0}
+    consumer._committed_offset = {}  # neither was committed: both would be sought
+    consumer.stop_flow()
+    consumer.pause_partitions({CHANGELOG, p0})
+    consumer.resume_partitions({CHANGELOG})
+    consumer.resume_flow()
+    consumer.pause_partitions({CHANGELOG})
+    consumer.resume_partitions({p0})
+    await consumer.perform_seek()
+    consumer.resume_flow()
+    assert consumer.sought == [(p0, 0)]
+    assert consumer.active == {p0} and consumer.flow
 
 
 async def test_changelog_partitions_are_never_held() -> None:

@@ -27,7 +27,6 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pipeline.agents.config import WorkerSettings
 from pipeline.agents.runner import CLOCK, Runner
 from pipeline.agents.web import register_views
-from pipeline.diagnostics import install as install_diagnostics
 from pipeline.metrics import WorkerMetrics
 from pipeline.settings import Settings, get_settings
 from pipeline.timers import Clock
@@ -103,11 +102,6 @@ def register(
         # len() iterates this worker's keys in RocksDB, hence a slow interval.
         for name, table in tables.items():
             runner.domain.set_table_size(name, len(table))
-
-    @app.task
-    async def diagnostics() -> None:
-        # kill -USR2 <pid>: stacks and await chains of a stuck worker (pipeline.diagnostics)
-        install_diagnostics(app)
 
     async def rebalanced(sender: Any, *args: Any, **kwargs: Any) -> None:
         runner.on_rebalance()

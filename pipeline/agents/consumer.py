@@ -86,9 +86,19 @@ class _SeekFirst:
     async def perform_seek(self: Any) -> None:
         self._seek_state()
         await super().perform_seek()  # type: ignore[misc]
+        self._forget_unassigned()
         if self._deferred:  # the seek that follows resume_partitions in recovery
             await self._seek_uncommitted_to_log_start(self._deferred)
             self._seek_done = True
+
+    def _forget_unassigned(self: Any) -> None:
+        # A rebalance that interrupts a recovery (its seek cancelled) leaves the partitions of
+        # that generation here; seeking or resuming one that moved to another worker raises
+        # IllegalStateError, which Faust's recovery swallows *without* finishing: the worker
+        # never became ready (CI 2026-11-28, tests/test_web_integration.py).
+        assigned = self.assignment()
+        self._held &= assigned
+        self._deferred &= assigned
 
     async def _seek_uncommitted_to_log_start(self: Any, tps: set[TP]) -> None:
         # Faust's perform_seek leaves a partition without a committed offset where the client's
@@ -114,6 +124,7 @@ class _SeekFirst:
         self._seek_state()
         super().resume_flow()  # type: ignore[misc]
         if self._seek_done and self._deferred:
+            self._forget_unassigned()
             release = set(self._deferred)
             self._held -= release
             self._deferred.clear()
