@@ -58,6 +58,7 @@ from connectors.kafka_consumer import (
     group_timeouts,
     start_subscribed,
     stop_quietly,
+    use_tansu,
 )
 from events.envelope import DomainEvent
 from events.parsing import ParseError, parse_event
@@ -118,13 +119,6 @@ class WriterStats:
     commits: int = 0
     db_retries: int = 0
     started_at: float = field(default_factory=time.time)
-
-
-def use_tansu(settings: Settings) -> bool:
-    """The embedded broker needs the ListOffsets-fixing consumer (same rule as the Faust app)."""
-    if settings.kafka_transport == "auto":
-        return settings.kafka_bootstrap is None
-    return settings.kafka_transport == "tansu"
 
 
 class AuditWriter:

@@ -465,6 +465,48 @@ def replay_dlq(
     click.echo(orjson.dumps(report.to_dict(), option=orjson.OPT_INDENT_2).decode())
 
 
+@cli.command("replay-worker-dlq")
+@kafka_option
+@click.option("--reason", default=None, help="Only dead letters with this wo-dlq-reason.")
+@click.option("--source-topic", default=None, help="Only dead letters from this topic.")
+@click.option("--limit", type=click.IntRange(min=1), default=None, help="At most this many.")
+@click.option(
+    "--from-start", is_flag=True, help="Scan the whole topic, not only what came since the last."
+)
+@click.option("--dry-run", is_flag=True, help="Count what would be replayed; change nothing.")
+def replay_worker_dlq(
+    kafka_bootstrap: str | None,
+    reason: str | None,
+    source_topic: str | None,
+    limit: int | None,
+    from_start: bool,
+    dry_run: bool,
+) -> None:
+    """Write the worker's dead letters (wo.dlq.worker) back to their source topics after a fix.
+
+    Each goes to the topic and partition in its wo-dlq-source header, bytes unchanged. The
+    replay group remembers how far it got (connectors/worker_dlq.py); tables drop events they
+    already applied by id; a record that still fails is dead-lettered again.
+    """
+    import orjson
+    from aiokafka.errors import KafkaConnectionError
+
+    from connectors.worker_dlq import replay_worker_dead_letters
+
+    settings = _settings(kafka_bootstrap=kafka_bootstrap)
+    if not settings.kafka_bootstrap:
+        raise click.UsageError("replay-worker-dlq needs --kafka-bootstrap or WO_KAFKA_BOOTSTRAP")
+    try:
+        report = asyncio.run(replay_worker_dead_letters(
+            settings, reason=reason, source_topic=source_topic, limit=limit,
+            from_start=from_start, dry_run=dry_run,
+        ))  # fmt: skip
+    except (OSError, KafkaConnectionError) as exc:
+        where = settings.kafka_bootstrap
+        raise click.ClickException(f"cannot reach Kafka at {where}: {exc}") from exc
+    click.echo(orjson.dumps(report.to_dict(), option=orjson.OPT_INDENT_2).decode())
+
+
 @cli.group()
 def audit() -> None:
     """The hash-chained audit trail: the writer and its integrity check."""

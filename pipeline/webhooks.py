@@ -63,6 +63,7 @@ from connectors.dead_letter import (
 )
 from connectors.kafka_consumer import (
     consume_batches,
+    consumer_class,
     group_timeouts,
     start_subscribed,
     stop_quietly,
@@ -513,11 +514,8 @@ class Dispatcher:
     # -- Kafka -----------------------------------------------------------------------------
 
     def _new_consumer(self) -> AIOKafkaConsumer:
-        from connectors.tansu_transport import TansuAIOKafkaConsumer
-
         s = self._settings
-        cls = TansuAIOKafkaConsumer if use_tansu(s) else AIOKafkaConsumer
-        return cls(
+        return consumer_class(s)(
             *DOMAIN_TOPICS.values(),
             bootstrap_servers=s.kafka_bootstrap,
             client_id="wo-stream-webhooks",
@@ -613,13 +611,6 @@ def _header(record: ConsumerRecord, name: str) -> str | None:
             except UnicodeDecodeError:
                 return None
     return None
-
-
-def use_tansu(settings: Settings) -> bool:
-    """The embedded broker needs the ListOffsets-fixing consumer (same rule as the Faust app)."""
-    if settings.kafka_transport == "auto":
-        return settings.kafka_bootstrap is None
-    return settings.kafka_transport == "tansu"
 
 
 # -- process entry points ----------------------------------------------------------------------
