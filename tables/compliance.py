@@ -4,7 +4,8 @@ Table ``compliance_windows``, key ``{tenant}:{UTC day start ms}`` (one shard per
 day, ``tables.windows``; inputs repartitioned to it): ``apply_aggregate`` counts, per tumbling
 window (default 1 d, retained 30 d):
 violations by regulation and by severity, signature verifications by result, PHI detections by
-action and approval escalations by reason. Event time is the envelope timestamp. Violations are
+action and approval escalations by reason; and the shard's newest violations (ids, codes and
+event time; ``RECENT_MAX``). Event time is the envelope timestamp. Violations are
 counted whatever their source, so the Faust layer feeds this table from ``wo.derived`` as well:
 counting derives nothing, so that is no feedback loop, and dedup by id absorbs a violation that
 also comes back through the NATS mirror. Late events are reported, not counted.
@@ -47,6 +48,7 @@ AGGREGATE_INPUTS: Final = frozenset(
     }
 )
 CLOSED = "work_order.closed"
+RECENT_MAX: Final = 20  # violations kept per shard for the recent-violations view
 
 
 class ComplianceAggregate(BaseModel):
@@ -62,11 +64,27 @@ class ComplianceAggregate(BaseModel):
     escalationsByReason: dict[str, int] = {}
 
 
+class RecentViolation(BaseModel):
+    """One violation for the "recent violations" view: ids and codes only (no description,
+    which is free text and may be L3/L4)."""
+
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+    violationId: str
+    workOrderId: str | None = None
+    regulation: str
+    requirement: str
+    severity: str
+    at: int  # event time, epoch ms
+
+
 class ComplianceWindows(TableState):
-    """One shard (a tenant's UTC day) of compliance windows, by name ("1d") and start (ms)."""
+    """One shard (a tenant's UTC day) of compliance windows, by name ("1d") and start (ms),
+    plus the shard's newest violations (at most ``RECENT_MAX``, newest first by event time)."""
 
     start: int = 0  # shard start, epoch ms
     windows: dict[str, dict[int, ComplianceAggregate]] = {}
+    recent: list[RecentViolation] = []
 
     def window(self, name: str, at: datetime, specs: tuple[WindowSpec, ...]) -> ComplianceAggregate:
         spec = next(s for s in specs if s.name == name)
@@ -128,7 +146,27 @@ def apply_aggregate(
         windows = st.windows.setdefault(spec.name, {})
         window = spec.start_of(at_ms)
         windows[window] = _count(windows.get(window, ComplianceAggregate()), event)
+    if event.type == "compliance.violation_detected" and not late:
+        st.recent = _newest([*st.recent, _recent(event, at_ms)])
     return Result(st, late=late)
+
+
+def _recent(event: DomainEvent, at_ms: int) -> RecentViolation:
+    data = event.data
+    wo = data.workOrderId
+    return RecentViolation(
+        violationId=str(data.violationId),
+        workOrderId=None if wo is None else str(wo),
+        regulation=str(data.regulation),
+        requirement=data.requirement,
+        severity=str(data.severity),
+        at=at_ms,
+    )
+
+
+def _newest(items: list[RecentViolation]) -> list[RecentViolation]:
+    """Newest first (ties by id, so the order never depends on arrival), at most RECENT_MAX."""
+    return sorted(items, key=lambda v: (v.at, v.violationId), reverse=True)[:RECENT_MAX]
 
 
 def _count(agg: ComplianceAggregate, event: DomainEvent) -> ComplianceAggregate:

@@ -84,6 +84,38 @@ def test_daily_counts_by_regulation_severity_result_action_and_reason() -> None:
         assert compliance.ComplianceWindows.from_dict(shard.to_dict()) == shard
 
 
+def test_each_day_keeps_its_newest_violations_newest_first_ids_and_codes_only() -> None:
+    wo = uid()
+    agg = Aggregates()
+    # more than RECENT_MAX violations in one day, fed in a scrambled order, each twice
+    n = compliance.RECENT_MAX + 5
+    events = [violation(wo, "HIGH" if i % 3 else "LOW", at=T0 + timedelta(minutes=i))
+              for i in range(n)]  # fmt: skip
+    order = events[1::2] + events[::2]
+    for event in order + order:
+        agg.feed(event, T0 + days(1))
+    shard = agg.shards[shard_key(TENANT, T0, CONFIG.compliance_windows)]
+    newest = sorted(events, key=lambda e: e.timestamp, reverse=True)[: compliance.RECENT_MAX]
+    assert [v.violationId for v in shard.recent] == [str(e.data.violationId) for e in newest]
+    first = shard.recent[0]
+    assert (first.workOrderId, first.regulation, first.requirement, first.severity) == (
+        wo,
+        "FDA_21_CFR_11",
+        newest[0].data.requirement,
+        str(newest[0].data.severity),
+    )
+    assert first.at == unix_ms(newest[0].timestamp)
+    assert "description" not in first.model_dump()  # free text stays out of the view
+    assert agg.window(T0).count == n  # the duplicates changed nothing
+    assert compliance.ComplianceWindows.from_dict(shard.to_dict()) == shard
+
+
+def test_a_late_violation_is_not_listed_either() -> None:
+    agg = Aggregates()
+    agg.feed(violation(None, "LOW", at=T0), T0 + days(31))
+    assert all(not shard.recent for shard in agg.shards.values())
+
+
 def test_late_compliance_event_is_reported() -> None:
     agg = Aggregates()
     assert agg.feed(violation(None, "LOW", at=T0), T0 + days(31))

@@ -27,6 +27,7 @@ from pipeline.web.auth import TokenConfigError, Tokens, authorize, bearer
 from pipeline.web.errors import ApiError
 from pipeline.web.openapi import dumps, spec
 from pipeline.web.params import COMPLIANCE_SPECS, SLA_SPECS
+from tables.compliance import RECENT_MAX
 from tables.stages import STAGES
 from tests.apps.worker_scenario import ACME, GLOBEX, Scenario, build
 
@@ -165,6 +166,25 @@ def expected(scenario: Scenario, tenant: str) -> dict[str, Any]:
     }  # fmt: skip
 
 
+def violations_seen(scenario: Scenario, tenant: str, windows: list[dict[str, Any]]
+                    ) -> list[dict[str, Any]]:  # fmt: skip
+    """The tenant's violation events (published and derived) in the windows' span, newest
+    first, at most RECENT_MAX: built from the events, not from the tables."""
+    events = [e for phase in scenario.phases for e in phase.events] + scenario.reference.derived
+    since, until = windows[0]["start"], windows[-1]["end"]
+    seen = {
+        e.id: {"violationId": str(e.data.violationId),
+               "workOrderId": None if e.data.workOrderId is None else str(e.data.workOrderId),
+               "regulation": str(e.data.regulation), "requirement": e.data.requirement,
+               "severity": str(e.data.severity), "at": projections.iso(unix_ms(e.timestamp))}
+        for e in events
+        if e.type == "compliance.violation_detected" and e.tenantId == tenant
+    }  # fmt: skip
+    found = [v for v in seen.values() if since <= v["at"] < until]
+    found.sort(key=lambda v: (v["at"], v["violationId"]), reverse=True)
+    return found[:RECENT_MAX]
+
+
 async def test_every_endpoint_answers_the_reference_from_either_worker(
     clients: dict[str, TestClient], scenario: Scenario
 ) -> None:
@@ -200,6 +220,8 @@ async def test_every_endpoint_answers_the_reference_from_either_worker(
             assert len(body["windows"]) == 168
             status, body = await get(client, f"{t}/compliance?window=1d&last=30", token)
             assert (status, body["windows"]) == (200, want["compliance"])
+            assert body["recentViolations"] == violations_seen(scenario, tenant, body["windows"])
+            assert len(body["recentViolations"]) == {ACME: 5, GLOBEX: 1}[tenant]
             status, body = await get(client, f"{t}/certifications/expiring?within_days=30", token)
             assert (status, body["certifications"]) == (200, want["certs"])
             assert len(body["certifications"]) == 1

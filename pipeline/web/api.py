@@ -137,8 +137,10 @@ class Api:
         rows = await self._gather(request, tenant, "compliance")
         now = self.reader.now_ms()
         windows = projections.compliance_windows(rows, q.spec, q.last, now)
+        recent = projections.recent_violations(rows, q.spec, q.last, now)
         return ok({"tenant": tenant, "window": q.spec.name, "last": q.last,
-                   "now": projections.iso(now), "windows": windows})  # fmt: skip
+                   "now": projections.iso(now), "windows": windows,
+                   "recentViolations": recent})  # fmt: skip
 
     async def expiring(self, request: Any, tenant: str) -> Reply:
         """``GET /tenants/{tenant}/certifications/expiring?within_days=D``."""

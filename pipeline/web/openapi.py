@@ -116,6 +116,15 @@ def _schemas() -> J:
         phiByAction=COUNTS,
         escalationsByReason=COUNTS,
     )
+    recent_violation = _obj(
+        ["violationId", "workOrderId", "regulation", "requirement", "severity", "at"],
+        violationId=STR,
+        workOrderId=_nullable(STR),
+        regulation=STR,
+        requirement=STR,
+        severity=STR,
+        at=TIME,
+    )
     window_answer = {"tenant": STR, "window": STR, "last": INT, "now": TIME}
     return {
         "Error": _obj(["error", "reason"], error=STR, reason=STR),
@@ -139,9 +148,10 @@ def _schemas() -> J:
             windows={"type": "array", "items": sla_window},
         ),
         "ComplianceWindows": _obj(
-            [*window_answer, "windows"],
+            [*window_answer, "windows", "recentViolations"],
             **window_answer,
             windows={"type": "array", "items": compliance_window},
+            recentViolations={"type": "array", "items": recent_violation},
         ),
         "ExpiringCertifications": _obj(
             ["tenant", "withinDays", "now", "certifications"],

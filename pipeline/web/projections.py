@@ -11,7 +11,12 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from tables.certifications import PersonCertifications
-from tables.compliance import ComplianceAggregate, ComplianceWindows, WorkOrderCompliance
+from tables.compliance import (
+    RECENT_MAX,
+    ComplianceAggregate,
+    ComplianceWindows,
+    WorkOrderCompliance,
+)
 from tables.config import DEFAULT_CONFIG, TenantConfig
 from tables.master_progress import MasterProgress
 from tables.sla import SlaAggregate, SlaWindows
@@ -83,12 +88,16 @@ def sla_rows(value: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def compliance_rows(value: dict[str, Any]) -> list[dict[str, Any]]:
-    """Every window of one compliance shard (a tenant's day), for the gather step."""
+    """Every window of one compliance shard (a tenant's day) and its recent violations (rows
+    with a ``violation`` instead of a ``window``), for the gather step."""
     st = ComplianceWindows.from_dict(value)
     return [
-        {"window": name, "startMs": start, **agg.model_dump(mode="json")}
-        for name, windows in st.windows.items()
-        for start, agg in windows.items()
+        *(
+            {"window": name, "startMs": start, **agg.model_dump(mode="json")}
+            for name, windows in st.windows.items()
+            for start, agg in windows.items()
+        ),
+        *({"violation": v.model_dump(mode="json")} for v in st.recent),
     ]
 
 
@@ -162,10 +171,14 @@ def sla_windows(rows: Iterable[dict[str, Any]], spec: WindowSpec, last: int, now
     return out
 
 
+def _windows_of(rows: Iterable[dict[str, Any]], spec: WindowSpec) -> dict[int, dict[str, Any]]:
+    return {r["startMs"]: r for r in rows if r.get("window") == spec.name}
+
+
 def compliance_windows(rows: Iterable[dict[str, Any]], spec: WindowSpec, last: int,
                        now_ms: int) -> list[dict[str, Any]]:  # fmt: skip
     """The ``last`` consecutive compliance windows ending with the newest, oldest first."""
-    by_start = {r["startMs"]: r for r in rows if r["window"] == spec.name}
+    by_start = _windows_of(rows, spec)
     newest = _anchor(spec, by_start, now_ms)
     empty = ComplianceAggregate().model_dump(mode="json")
     out = []
@@ -178,3 +191,20 @@ def compliance_windows(rows: Iterable[dict[str, Any]], spec: WindowSpec, last: i
              "violations": violations}
         )  # fmt: skip
     return out
+
+
+def recent_violations(rows: list[dict[str, Any]], spec: WindowSpec, last: int, now_ms: int,
+                      limit: int = RECENT_MAX) -> list[dict[str, Any]]:  # fmt: skip
+    """The newest ``limit`` violations in the windows :func:`compliance_windows` shows for the
+    same arguments, newest first (event time, then id).
+
+    Each shard keeps its own newest ``RECENT_MAX``, so the newest ``limit`` of the period are
+    always among them."""
+    newest = _anchor(spec, _windows_of(rows, spec), now_ms)
+    since_ms, until_ms = newest - (last - 1) * spec.size_ms, newest + spec.size_ms
+    found = [
+        r["violation"] for r in rows
+        if "violation" in r and since_ms <= r["violation"]["at"] < until_ms
+    ]  # fmt: skip
+    found.sort(key=lambda v: (v["at"], v["violationId"]), reverse=True)
+    return [{**v, "at": iso(v["at"])} for v in found[:limit]]
