@@ -2,11 +2,11 @@
 
 One row per (subscription, event id), so enqueueing is idempotent: a Kafka record read again
 after a crash or a rebalance inserts nothing. A row is ``pending`` (with its next attempt time),
-``delivered`` or ``dead``; the event body is kept only while it may still be needed (pending, or
-dead until its dead letter is published). Finished rows are kept for the retention period so
-that a redelivered event is still recognised, then pruned. A delivery handed to an attempt is
-leased (``claim_due``), so it is never claimed twice while its attempt runs; leases are dropped
-when the (single) dispatcher starts.
+``delivered`` or ``dead``; the event body is dropped once delivered and kept for a dead row (its
+dead letter, then a possible :meth:`WebhookStore.requeue`). Finished rows are kept for the
+retention period so that a redelivered event is still recognised, then pruned. A delivery
+handed to an attempt is leased (``claim_due``), so it is never claimed twice while its attempt
+runs; leases are dropped when the (single) dispatcher starts.
 
 The dispatcher commits its Kafka offsets only after ``enqueue`` returned, and records each
 attempt's result before it forgets the attempt: a restart loses nothing and resends nothing
@@ -99,6 +99,24 @@ def _delivery(row: Sequence[Any], body: bytes | None = None) -> Delivery:
         DeliveryState(Status(status), attempts, next_at, first, last, error, finished, reason),
         body,
     )  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Requeued:
+    """What :meth:`WebhookStore.requeue` did (or would do, ``dry_run``)."""
+
+    keys: list[tuple[str, str]]  # (subscription id, event id), oldest death first
+    without_body: int
+    dry_run: bool
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "requeued": 0 if self.dry_run else len(self.keys),
+            "matched": len(self.keys),
+            "without_body": self.without_body,
+            "dry_run": self.dry_run,
+            "deliveries": [f"{sub}:{event}" for sub, event in self.keys],
+        }
 
 
 class WebhookStore:
@@ -213,13 +231,58 @@ class WebhookStore:
         return [_delivery(row[:-1], row[-1]) for row in cur.fetchall()]
 
     def mark_dead_lettered(self, keys: Iterable[tuple[str, str]]) -> None:
-        """The dead letters are stored in the DLQ: drop the bodies."""
+        """The dead letters are stored in the DLQ. The bodies stay until the rows are pruned,
+        so that a dead delivery can be requeued (:meth:`requeue`) after its endpoint is fixed."""
         with self._tx():
             self._db.executemany(
-                "UPDATE deliveries SET dlq_published = 1, body = NULL "
+                "UPDATE deliveries SET dlq_published = 1 "
                 "WHERE subscription_id = ? AND event_id = ? AND status = 'dead'",
                 list(keys),
             )
+
+    def requeue(
+        self,
+        now: float,
+        *,
+        subscription_id: str | None = None,
+        event_ids: Sequence[str] = (),
+        reason: str | None = None,
+        dry_run: bool = False,
+    ) -> Requeued:
+        """Dead deliveries matching the filters become pending again, due ``now``, with a fresh
+        attempt count and retry budget; if they die again they are dead-lettered again. Rows
+        whose body is gone (dead-lettered by a version that dropped it) cannot be sent again:
+        they are counted in ``without_body`` and left dead (replay them from the DLQ)."""
+        where, args = ["status = 'dead'"], []
+        if subscription_id is not None:
+            where.append("subscription_id = ?")
+            args.append(subscription_id)
+        if event_ids:
+            where.append(f"event_id IN ({','.join('?' * len(event_ids))})")
+            args.extend(event_ids)
+        if reason is not None:
+            where.append("dead_reason = ?")
+            args.append(reason)
+        cond = " AND ".join(where)
+        with self._tx():
+            keys = self._db.execute(
+                f"SELECT subscription_id, event_id FROM deliveries WHERE {cond} "
+                "AND body IS NOT NULL ORDER BY finished_at",
+                args,
+            ).fetchall()
+            bodiless = self._db.execute(
+                f"SELECT COUNT(*) FROM deliveries WHERE {cond} AND body IS NULL", args
+            ).fetchone()[0]
+            if not dry_run:
+                self._db.executemany(
+                    "UPDATE deliveries SET status = 'pending', attempts = 0, next_attempt_at = ?, "
+                    "first_attempt_at = NULL, last_attempt_at = NULL, last_error = NULL, "
+                    "finished_at = NULL, dead_reason = NULL, dlq_published = 0, "
+                    "leased_until = NULL WHERE subscription_id = ? AND event_id = ? "
+                    "AND status = 'dead'",
+                    [(now, *key) for key in keys],
+                )
+        return Requeued([(k[0], k[1]) for k in keys], bodiless, dry_run)
 
     def counts(self) -> dict[str, int]:
         """Rows by status (all three keys present)."""

@@ -548,15 +548,19 @@ def audit_verify(nats_url: str | None, tenant: str | None) -> None:
     raise SystemExit(audit_verify_command(_settings(nats_url=nats_url), tenant))
 
 
-@cli.command()
+@cli.group(invoke_without_command=True)
 @nats_url_option
 @kafka_option
-def webhooks(nats_url: str | None, kafka_bootstrap: str | None) -> None:
+@click.pass_context
+def webhooks(ctx: click.Context, nats_url: str | None, kafka_bootstrap: str | None) -> None:
     """Deliver matching events to the tenants' webhook subscriptions (HMAC-signed POSTs).
 
     Subscriptions come from the file WO_WEBHOOK_SUBSCRIPTIONS; retries back off up to 48 h,
     then the delivery is dead-lettered. See docs/webhooks.md for the signature scheme.
+    Without a subcommand: run the dispatcher.
     """
+    if ctx.invoked_subcommand is not None:
+        return
     import logging
 
     from pipeline.webhooks import serve_webhooks
@@ -568,6 +572,38 @@ def webhooks(nats_url: str | None, kafka_bootstrap: str | None) -> None:
     if not settings.nats_url or not settings.kafka_bootstrap:
         raise click.UsageError("webhooks needs --nats-url and --kafka-bootstrap (or WO_*)")
     raise SystemExit(serve_webhooks(settings))
+
+
+@webhooks.command("requeue")
+@click.option("--subscription", default=None, help="Only this subscription id.")
+@click.option("--event-id", "event_ids", multiple=True, help="Only these event ids (repeatable).")
+@click.option("--reason", default=None, help="Only deliveries dead for this reason code.")
+@click.option("--dry-run", is_flag=True, help="List what would be requeued; change nothing.")
+def webhooks_requeue(
+    subscription: str | None, event_ids: tuple[str, ...], reason: str | None, dry_run: bool
+) -> None:
+    """Send dead webhook deliveries again, after their endpoint was fixed.
+
+    Works on the dispatcher's delivery store (WO_DATA_DIR) while the dispatcher runs; it picks
+    them up within WO_WEBHOOK_RESCAN_SECONDS, with a fresh attempt count and 48 h budget.
+    """
+    import time
+
+    import orjson
+
+    from connectors.webhook_store import WebhookStore
+    from pipeline.webhooks import store_path
+
+    path = store_path(_settings())
+    if not path.exists():
+        raise click.ClickException(f"no webhook delivery store at {path}")
+    store = WebhookStore(path)
+    try:
+        done = store.requeue(time.time(), subscription_id=subscription, event_ids=event_ids,
+                             reason=reason, dry_run=dry_run)  # fmt: skip
+    finally:
+        store.close()
+    click.echo(orjson.dumps(done.to_dict(), option=orjson.OPT_INDENT_2).decode())
 
 
 @cli.command()

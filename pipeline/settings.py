@@ -101,6 +101,8 @@ class Settings(BaseSettings):
     webhook_retry_budget_seconds: float = Field(default=48 * 3600.0, ge=0)
     # Finished deliveries are remembered this long, so a re-read event is not sent again.
     webhook_retention_days: float = Field(default=8.0, gt=0)
+    # How often the dispatcher looks for deliveries changed outside it (``webhooks requeue``).
+    webhook_rescan_seconds: float = Field(default=5.0, gt=0)
 
 
 @lru_cache(maxsize=1)

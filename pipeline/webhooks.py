@@ -291,6 +291,8 @@ class Dispatcher:
         self._dlq_wake = asyncio.Event()
         self._last_gauge = 0.0
         self._last_prune = 0.0
+        self._last_rescan = time.monotonic()
+        self._idle_seconds = min(_IDLE_SECONDS, self._settings.webhook_rescan_seconds)
         self.stats = DispatcherStats()
 
     # -- intake ------------------------------------------------------------------------------
@@ -449,7 +451,7 @@ class Dispatcher:
         waiters = {
             asyncio.ensure_future(wake.wait()),
             asyncio.ensure_future(self._stop.wait()),
-            asyncio.ensure_future(asyncio.sleep(_IDLE_SECONDS)),
+            asyncio.ensure_future(asyncio.sleep(self._idle_seconds)),
         }
         if next_at is not None:
             waiters.add(asyncio.ensure_future(self.clock.sleep_until(next_at)))
@@ -477,6 +479,11 @@ class Dispatcher:
         if mono - self._last_gauge >= _GAUGE_SECONDS:
             self._last_gauge = mono
             self.metrics.pending.set(await self._store.call(self._store.store.pending_count))
+        if mono - self._last_rescan >= self._settings.webhook_rescan_seconds:
+            # Deliveries requeued by ``webhooks requeue`` (another process) are due now but
+            # not in _next_check: look at every subscription once.
+            self._last_rescan = mono
+            self._next_check.clear()
         if mono - self._last_prune >= _PRUNE_SECONDS:
             self._last_prune = mono
             horizon = now - self._settings.webhook_retention_days * 86_400

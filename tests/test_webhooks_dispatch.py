@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import math
 import random
 import time
 import uuid
@@ -279,5 +280,55 @@ async def test_scheduler_survives_a_store_error(receiver: Receiver, tmp_path: Pa
         await running.dispatcher.accept(_events(mine, 1)[0].canonical_bytes())
         await wait_for(lambda: receiver.count("/ok") == 1, 10, "delivery after the store error")
         assert calls["n"] >= 2
+    finally:
+        await running.close()
+
+
+async def test_requeue_command_sends_a_dead_delivery_again_through_the_running_dispatcher(
+    receiver: Receiver, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``webhooks requeue`` changes the store from another process's connection; the running
+    dispatcher notices within ``webhook_rescan_seconds`` and delivers with a fresh budget."""
+    from click.testing import CliRunner
+
+    from connectors.webhook_store import NewDelivery, WebhookStore
+    from pipeline.cli import cli
+    from pipeline.webhooks import store_path
+    from tables.webhooks import DeliveryState
+
+    settings = webhook_settings(tmp_path, webhook_rescan_seconds=0.2)
+    mine = tenant()
+    event = _events(mine, 1)[0]
+    store_path(settings).parent.mkdir(parents=True, exist_ok=True)
+    offline = WebhookStore(store_path(settings))
+    body = event.canonical_bytes()
+    died = time.time() - 3600  # within the retention period: not pruned
+    new = NewDelivery("erp", event.id, mine, event.type, body, "wo.workorder:0:1")
+    offline.enqueue([new], died - 48 * 3600)
+    offline.record(("erp", event.id), DeliveryState(Status.DEAD, 12, died, died - 48 * 3600,
+                                                     died, "HTTP 500", died, EXPIRED))  # fmt: skip
+    offline.close()
+    running = await start_dispatcher(settings, [subscription("erp", mine, receiver.url("/ok"))])
+    try:
+        # its first pass found nothing due: only the rescan can find the requeued delivery
+        await wait_for(lambda: running.dispatcher._next_check.get("erp") == math.inf, 10, "idle")
+        monkeypatch.setenv("WO_DATA_DIR", str(tmp_path))
+        result = CliRunner().invoke(cli, ["webhooks", "requeue", "--subscription", "erp"])
+        assert result.exit_code == 0, result.output
+        assert '"requeued": 1' in result.output and f"erp:{event.id}" in result.output
+        await wait_for(lambda: receiver.count("/ok") == 1, 20, "the requeued delivery")
+        [hit] = receiver.hits
+        assert hit.body == body and hit.headers["Wo-Attempt"] == "1"
+        assert verify_like_a_receiver(SECRET, hit.headers, hit.body)
+        store = running.store
+
+        async def delivered() -> bool:
+            row = await store.call(store.store.get, "erp", event.id)
+            return row.state.status is Status.DELIVERED
+
+        deadline = time.monotonic() + 10
+        while not await delivered():
+            assert time.monotonic() < deadline, "delivery not recorded"
+            await asyncio.sleep(0.02)
     finally:
         await running.close()

@@ -151,3 +151,49 @@ def test_claims_lease_rows_until_recorded_or_released(tmp_path: Path) -> None:
     assert store.release_leases() == 3
     assert [d.event_id for d in store.due("s1", 60.0, 5)] == ["e2", "e3", "e1"]  # by due time
     store.close()
+
+
+def _dead(store: WebhookStore, sub: str, event: str, reason: str, at: float) -> None:
+    store.record((sub, event), DeliveryState(Status.DEAD, 7, at, 0.0, at, "HTTP 500", at, reason))
+
+
+def test_requeue_makes_dead_deliveries_due_again_with_a_fresh_budget(tmp_path: Path) -> None:
+    store = WebhookStore(tmp_path / "d.sqlite3")
+    store.enqueue([_new("e1"), _new("e2"), _new("e3"), _new("e4", "s2"), _new("e5")], now=0.0)
+    _dead(store, "s1", "e1", "WEBHOOK_DELIVERY_EXPIRED", 100.0)
+    _dead(store, "s1", "e2", "WEBHOOK_URL_FORBIDDEN", 90.0)
+    _dead(store, "s2", "e4", "WEBHOOK_DELIVERY_EXPIRED", 80.0)
+    store.record(("s1", "e3"), DeliveryState(Status.DELIVERED, 1, 0.0, 0.0, 0.0, None, 5.0))
+    store.mark_dead_lettered([("s1", "e1"), ("s1", "e2"), ("s2", "e4")])
+    assert store.get("s1", "e1").body == b'{"id":"e1"}'  # kept for a requeue
+
+    dry = store.requeue(500.0, subscription_id="s1", dry_run=True)
+    assert (dry.keys, dry.to_dict()["requeued"]) == ([("s1", "e2"), ("s1", "e1")], 0)
+    assert store.counts() == {"pending": 1, "delivered": 1, "dead": 3}
+
+    done = store.requeue(500.0, subscription_id="s1", reason="WEBHOOK_DELIVERY_EXPIRED")
+    assert done.keys == [("s1", "e1")] and done.to_dict()["requeued"] == 1
+    row = store.get("s1", "e1")
+    assert row.state == DeliveryState(Status.PENDING, 0, 500.0)  # attempts and budget reset
+    assert row.body == b'{"id":"e1"}'
+    assert [d.event_id for d in store.due("s1", 500.0, 10)] == ["e5", "e1"]  # e5 was due at 0
+    assert store.unpublished_dead() == []  # it is not a dead letter any more
+    # dead again later: dead-lettered again
+    _dead(store, "s1", "e1", "WEBHOOK_DELIVERY_EXPIRED", 900.0)
+    assert [d.event_id for d in store.unpublished_dead()] == ["e1"]
+
+    by_id = store.requeue(950.0, event_ids=["e4", "e3"])
+    assert by_id.keys == [("s2", "e4")]  # e3 was delivered: untouched
+    assert store.get("s1", "e3").state.status is Status.DELIVERED
+    store.close()
+
+
+def test_requeue_counts_rows_whose_body_is_gone(tmp_path: Path) -> None:
+    store = WebhookStore(tmp_path / "d.sqlite3")
+    store.enqueue([_new("e1")], now=0.0)
+    _dead(store, "s1", "e1", "WEBHOOK_DELIVERY_EXPIRED", 100.0)
+    store._db.execute("UPDATE deliveries SET body = NULL")  # as an older version left them
+    done = store.requeue(500.0)
+    assert (done.keys, done.without_body) == ([], 1)
+    assert store.get("s1", "e1").state.status is Status.DEAD
+    store.close()

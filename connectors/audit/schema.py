@@ -97,9 +97,7 @@ BEGIN
   RAISE EXCEPTION '{REFUSED_MESSAGE}: % on % refused', TG_OP, TG_TABLE_NAME
     USING ERRCODE = 'insufficient_privilege';
 END $$;
-"""
-    + _pg_guard("audit_entry")
-    + _pg_guard("audit_checkpoint")
+""" + _pg_guard("audit_entry") + _pg_guard("audit_checkpoint")
 )
 
 # Serialises concurrent schema setup by several writers (pg_advisory_xact_lock key).
