@@ -365,7 +365,12 @@ def histogram_quantiles(text: str, name: str, qs: tuple[float, ...]) -> list[flo
 
 
 async def run_worker(
-    args: argparse.Namespace, bootstrap: str, work: Path, *, fast_drain: bool = False
+    args: argparse.Namespace,
+    bootstrap: str,
+    work: Path,
+    *,
+    fast_drain: bool = False,
+    variant: tuple[str, dict[str, str]] | None = None,
 ) -> Result:
     app_id = f"bench-worker-{uuid.uuid4().hex[:8]}"
     port = free_port()
@@ -374,9 +379,11 @@ async def run_worker(
     extra = {"WO_FAUST_FAST_DRAIN": "true" if fast_drain else "false", "WO_EGRESS_TOPIC": derived}
     if args.batch_max:
         extra["WO_BATCH_MAX"] = str(args.batch_max)
+    if variant is not None:
+        extra.update(variant[1])
     env = child_env(bootstrap, work / app_id, app_id, port, args.partitions, extra)
     argv = [sys.executable, "pipeline.py", "worker", "--loglevel", args.loglevel]
-    log_path = work / f"{app_id}.log"
+    log_path = Path(args.log_dir or work) / f"{app_id}.log"
     # The worker's own topics exist before it starts (as in the tests): Faust would create
     # them too, but then its first subscription misses them for a resubscribe cycle.
     forwards = forwards_topic(app_id)
@@ -408,6 +415,9 @@ async def run_worker(
                 continue
             if cpu_start is None:
                 cpu_start = cpu_seconds(proc.pid)
+            if args.log_dir:  # progress timeline next to the log: where a run stalled
+                with log_path.with_suffix(".progress").open("a") as progress:
+                    progress.write(f"{time.time() - started:.2f} {json.dumps(done)}\n")
             ends = await offsets.get()
             finished = (
                 sum(done[t] for t in DOMAIN) == args.events
@@ -425,6 +435,8 @@ async def run_worker(
     records = sum(done.values())
     first, last = status["first_done"], status["last_done"]
     name = "worker+fd" if fast_drain else "worker"
+    if variant is not None:
+        name = f"{name}+{variant[0]}"
     return Result(name, args.events, last - first, first - started, p50 * 1000, p99 * 1000,
                   rss, records, cpu)  # fmt: skip
 
@@ -472,6 +484,11 @@ async def bench(args: argparse.Namespace) -> int:
                 results.append(await run_bare(args, bootstrap, work))
             for fast in {"off": [False], "on": [True], "both": [False, True]}[args.fast_drain]:
                 results.append(await run_worker(args, bootstrap, work, fast_drain=fast))
+            last_fast = args.fast_drain != "off"
+            for variant in args.variant:
+                results.append(
+                    await run_worker(args, bootstrap, work, fast_drain=last_fast, variant=variant)
+                )
         finally:
             if stack is not None:
                 stack.stop()
@@ -491,12 +508,24 @@ async def bench(args: argparse.Namespace) -> int:
         print(f"{worker.name}_cpu_ms_per_event = {1000 * worker.cpu / worker.events:.2f}")
         if not args.skip_bare:
             print(f"ratio {worker.name}/bare = {worker.rate / results[0].rate:.2f}")
-    if len(workers) == 2:
+    if args.fast_drain == "both":
         print(f"ratio worker+fd/worker = {workers[1].rate / workers[0].rate:.2f}")
+    base = workers[len(workers) - len(args.variant) - 1]
+    for other in workers[len(workers) - len(args.variant) :]:
+        print(f"ratio {other.name}/{base.name} = {other.rate / base.rate:.2f} (events/s), "
+              f"{other.cpu / base.cpu:.2f} (CPU)")  # fmt: skip
     best = max(workers, key=lambda r: r.rate)
     verdict = "PASS" if best.rate >= TARGET_RATE else "FAIL"
     print(f"worker target >= {TARGET_RATE:,.0f} events/s: {verdict} (best: {best.name})")
     return 0
+
+
+def _variant(text: str) -> tuple[str, dict[str, str]]:
+    name, sep, pairs = text.partition(":")
+    env = dict(p.split("=", 1) for p in pairs.split(",") if "=" in p)
+    if not sep or not name or not env or not all(k.startswith("WO_") for k in env):
+        raise argparse.ArgumentTypeError("expected NAME:WO_X=V[,WO_Y=W]")
+    return name, env
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -525,6 +554,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default="off",
         help="the worker's WO_FAUST_FAST_DRAIN; both: one run each, side by side (default off)",
     )
+    parser.add_argument(
+        "--variant",
+        action="append",
+        type=_variant,
+        default=[],
+        metavar="NAME:K=V[,K=V]",
+        help="one more worker run with these WO_* settings, compared with the last plain "
+        "worker run (repeatable; e.g. nosensors:WO_FAUST_SENSORS=false)",
+    )
+    parser.add_argument("--log-dir", default=None, help="keep the workers' logs here")
     parser.add_argument("--bare-agent", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--result", default=None, help=argparse.SUPPRESS)
     return parser.parse_args(argv)  # fmt: skip

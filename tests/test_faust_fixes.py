@@ -284,8 +284,10 @@ class _SeekingConsumer:
         self._committed_offset = committed
         self.earliest = earliest or {}
         self.seeks: list[tuple[TP, int]] = []
+        self.asked: list[TP] = []
 
     async def earliest_offsets(self, *tps: TP) -> dict[TP, int]:
+        self.asked.extend(tps)
         return {tp: self.earliest[tp] for tp in tps if tp in self.earliest}
 
     async def seek(self, tp: TP, offset: int) -> None:
@@ -383,6 +385,23 @@ async def test_a_never_committed_partition_starts_at_its_log_start() -> None:
     assert consumer.seeks == [(TP("f", 3), 0)]
     ready = await runner._in_order(events(("f", 3, 0), ("f", 3, 1), ("f", 3, 2)))
     assert [e.message.offset for e in ready] == [0, 1, 2]
+
+
+async def test_log_starts_found_at_the_seek_are_not_asked_again() -> None:
+    """The seek at assignment looked up the never-committed partitions' log starts; asking the
+    broker again per partition at its first record stalled a fresh worker (~15 s)."""
+    consumer = _SeekingConsumer({}, earliest={TP("f", 3): 0, TP("g", 1): 4})
+    consumer.wo_log_starts = {TP("f", 3): 0}  # as _SeekFirst leaves it
+    runner = _runner(consumer)
+    ready = await runner._in_order(events(("f", 3, 0), ("f", 3, 1), ("g", 1, 4)))
+    assert [e.message.offset for e in ready] == [0, 1, 4]
+    assert consumer.asked == [TP("g", 1)]  # only the partition the seek did not look up
+
+
+async def test_the_seek_remembers_the_log_starts_it_found() -> None:
+    consumer = Fixed()
+    await recovery(consumer)
+    assert consumer.wo_log_starts == {TP("wo.workorder", 1): 0}  # the never-committed one
 
 
 @pytest.fixture

@@ -65,6 +65,9 @@ class _SeekFirst:
     def _seek_state(self: Any) -> None:
         if "_held" not in self.__dict__:
             self._held, self._deferred, self._seek_done = set(), set(), False
+            # Log start of each partition without a committed offset, as of the last seek: the
+            # runner's first expected offset there (pipeline.agents.runner._in_order).
+            self.wo_log_starts = {}
 
     def pause_partitions(self: Any, tps: Iterable[TP]) -> None:
         self._seek_state()
@@ -109,6 +112,11 @@ class _SeekFirst:
         if not uncommitted:
             return
         starts = await self.earliest_offsets(*uncommitted)
+        # Kept for the runner: asking the broker again per partition at its first record costs
+        # a ListOffsets each, queued behind the fetch in flight on the same connection (and in
+        # the consumer thread's two-slot method queue): 8 topics x 8 partitions of them stalled
+        # a fresh worker for ~15 s (bench/worker_throughput.py, 2026-11-28).
+        self.wo_log_starts.update({tp: start for tp, start in starts.items() if start is not None})
         thread = getattr(self, "_thread", None)
         for tp in uncommitted:
             start = starts.get(tp)

@@ -248,7 +248,9 @@ class Runner:
         """
         ready: list[EventT] = []
         blocked: set[tuple[str, int]] = set()
-        committed = getattr(self.app.consumer, "_committed_offset", None) or {}
+        consumer = self.app.consumer
+        committed = getattr(consumer, "_committed_offset", None) or {}
+        log_starts = getattr(consumer, "wo_log_starts", None) or {}
         for event in events:
             message = event.message
             tp = (message.topic, message.partition)
@@ -258,7 +260,11 @@ class Runner:
             if start is None and not self.processed.knows(tp):
                 # Never committed: the partition starts at its log start, whatever came first
                 # (a restart lost the first records of such partitions before this check).
-                start = await self._log_start(message.tp)
+                # The seek at assignment looked it up (pipeline.agents.consumer); ask the
+                # broker only for a partition it did not.
+                start = log_starts.get(message.tp)
+                if start is None:
+                    start = await self._log_start(message.tp)
             order, expected = self.processed.classify(tp, message.offset, start)
             if order is Order.NEXT:
                 ready.append(event)
