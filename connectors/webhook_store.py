@@ -53,6 +53,7 @@ CREATE TABLE IF NOT EXISTS deliveries (
 CREATE INDEX IF NOT EXISTS deliveries_due
     ON deliveries (status, subscription_id, next_attempt_at);
 CREATE INDEX IF NOT EXISTS deliveries_finished ON deliveries (status, finished_at);
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL) WITHOUT ROWID;
 """
 _STATE_COLUMNS = (
     "status, attempts, next_attempt_at, first_attempt_at, last_attempt_at, last_error, "
@@ -107,6 +108,7 @@ class Requeued:
 
     keys: list[tuple[str, str]]  # (subscription id, event id), oldest death first
     without_body: int
+    not_yet_dead_lettered: int  # run again in a moment
     dry_run: bool
 
     def to_dict(self) -> dict[str, Any]:
@@ -114,6 +116,7 @@ class Requeued:
             "requeued": 0 if self.dry_run else len(self.keys),
             "matched": len(self.keys),
             "without_body": self.without_body,
+            "not_yet_dead_lettered": self.not_yet_dead_lettered,
             "dry_run": self.dry_run,
             "deliveries": [f"{sub}:{event}" for sub, event in self.keys],
         }
@@ -252,7 +255,9 @@ class WebhookStore:
         """Dead deliveries matching the filters become pending again, due ``now``, with a fresh
         attempt count and retry budget; if they die again they are dead-lettered again. Rows
         whose body is gone (dead-lettered by a version that dropped it) cannot be sent again:
-        they are counted in ``without_body`` and left dead (replay them from the DLQ)."""
+        they are counted in ``without_body`` and left dead."""
+        # Not yet in the DLQ: the dead-letter publisher may be publishing it right now, and its
+        # mark would then miss a row turned pending; such rows are counted, not requeued.
         where, args = ["status = 'dead'"], []
         if subscription_id is not None:
             where.append("subscription_id = ?")
@@ -267,13 +272,23 @@ class WebhookStore:
         with self._tx():
             keys = self._db.execute(
                 f"SELECT subscription_id, event_id FROM deliveries WHERE {cond} "
-                "AND body IS NOT NULL ORDER BY finished_at",
+                "AND body IS NOT NULL AND dlq_published = 1 ORDER BY finished_at",
                 args,
             ).fetchall()
             bodiless = self._db.execute(
                 f"SELECT COUNT(*) FROM deliveries WHERE {cond} AND body IS NULL", args
             ).fetchone()[0]
-            if not dry_run:
+            publishing = self._db.execute(
+                f"SELECT COUNT(*) FROM deliveries WHERE {cond} AND body IS NOT NULL "
+                "AND dlq_published = 0",
+                args,
+            ).fetchone()[0]
+            if not dry_run and keys:
+                # the running dispatcher's cue to look at every subscription again
+                self._db.execute(
+                    "INSERT INTO meta VALUES ('requeues', 1) "
+                    "ON CONFLICT (key) DO UPDATE SET value = value + 1"
+                )
                 self._db.executemany(
                     "UPDATE deliveries SET status = 'pending', attempts = 0, next_attempt_at = ?, "
                     "first_attempt_at = NULL, last_attempt_at = NULL, last_error = NULL, "
@@ -282,7 +297,12 @@ class WebhookStore:
                     "AND status = 'dead'",
                     [(now, *key) for key in keys],
                 )
-        return Requeued([(k[0], k[1]) for k in keys], bodiless, dry_run)
+        return Requeued([(k[0], k[1]) for k in keys], bodiless, publishing, dry_run)
+
+    def requeue_mark(self) -> int:
+        """How many requeues changed rows so far (a cheap read: the dispatcher polls it)."""
+        row = self._db.execute("SELECT value FROM meta WHERE key = 'requeues'").fetchone()
+        return 0 if row is None else row[0]
 
     def counts(self) -> dict[str, int]:
         """Rows by status (all three keys present)."""

@@ -474,6 +474,7 @@ def replay_dlq(
     "--from-start", is_flag=True, help="Scan the whole topic, not only what came since the last."
 )
 @click.option("--dry-run", is_flag=True, help="Count what would be replayed; change nothing.")
+@click.option("--force", is_flag=True, help="Also replay partly applied letters older than 7 days.")
 def replay_worker_dlq(
     kafka_bootstrap: str | None,
     reason: str | None,
@@ -481,12 +482,15 @@ def replay_worker_dlq(
     limit: int | None,
     from_start: bool,
     dry_run: bool,
+    force: bool,
 ) -> None:
     """Write the worker's dead letters (wo.dlq.worker) back to their source topics after a fix.
 
-    Each goes to the topic and partition in its wo-dlq-source header, bytes unchanged. The
-    replay group remembers how far it got (connectors/worker_dlq.py); tables drop events they
-    already applied by id; a record that still fails is dead-lettered again.
+    Each goes to the topic and partition in its wo-dlq-source header, bytes unchanged. A run
+    without filters moves the replay group past what it scanned; a filtered run commits
+    nothing. Tables drop events they already applied by id (for 7 days: older letters that
+    some tables applied are skipped as expired unless --force); a record that still fails is
+    dead-lettered again. Details: connectors/worker_dlq.py.
     """
     import orjson
     from aiokafka.errors import KafkaConnectionError
@@ -499,7 +503,7 @@ def replay_worker_dlq(
     try:
         report = asyncio.run(replay_worker_dead_letters(
             settings, reason=reason, source_topic=source_topic, limit=limit,
-            from_start=from_start, dry_run=dry_run,
+            from_start=from_start, dry_run=dry_run, force=force,
         ))  # fmt: skip
     except (OSError, KafkaConnectionError) as exc:
         where = settings.kafka_bootstrap

@@ -35,7 +35,9 @@ def _chain(awaitable: Any) -> Iterator[str]:
             code = frame.f_code
             yield f"{code.co_filename}:{frame.f_lineno} in {code.co_name}"
         elif isinstance(awaitable, asyncio.Future):
-            yield f"<future {awaitable!r:.160}>"
+            # never its repr: a finished future's shows its result (payload values)
+            state = "cancelled" if awaitable.cancelled() else "done" if awaitable.done() else ""
+            yield f"<{type(awaitable).__name__} {state or 'pending'}>"
             return
         else:
             yield f"<{type(awaitable).__name__}>"
@@ -54,10 +56,9 @@ def _loops(app: Any) -> list[tuple[str, asyncio.AbstractEventLoop]]:
     except RuntimeError:
         pass
     for name in ("consumer", "producer"):
-        try:
-            thread = getattr(getattr(app, name), "_thread", None)
-        except Exception:  # an app without that part
-            continue
+        # the private attributes: Faust's properties would create a missing consumer/producer
+        part = getattr(app, f"_{name}", None)
+        thread = getattr(part, "_thread", None)
         loop = getattr(thread, "thread_loop", None)
         if loop is not None:
             loops.append((f"{name} thread", loop))

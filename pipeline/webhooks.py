@@ -292,6 +292,7 @@ class Dispatcher:
         self._last_gauge = 0.0
         self._last_prune = 0.0
         self._last_rescan = time.monotonic()
+        self._requeue_mark: int | None = None  # the first rescan reads it (changes nothing)
         self._idle_seconds = min(_IDLE_SECONDS, self._settings.webhook_rescan_seconds)
         self.stats = DispatcherStats()
 
@@ -481,9 +482,13 @@ class Dispatcher:
             self.metrics.pending.set(await self._store.call(self._store.store.pending_count))
         if mono - self._last_rescan >= self._settings.webhook_rescan_seconds:
             # Deliveries requeued by ``webhooks requeue`` (another process) are due now but
-            # not in _next_check: look at every subscription once.
+            # not in _next_check: when the store's requeue mark moved, look at every
+            # subscription once (one cheap read per rescan otherwise).
             self._last_rescan = mono
-            self._next_check.clear()
+            mark = await self._store.call(self._store.store.requeue_mark)
+            if mark != self._requeue_mark:
+                self._requeue_mark = mark
+                self._next_check.clear()
         if mono - self._last_prune >= _PRUNE_SECONDS:
             self._last_prune = mono
             horizon = now - self._settings.webhook_retention_days * 86_400

@@ -326,3 +326,14 @@ def test_committed_openapi_is_current() -> None:
                   "/tenants/{tenant}/work-orders/{workOrderId}/compliance-summary", "/health",
                   "/ready", "/metrics"):  # fmt: skip
         assert path_ in paths
+
+
+def test_every_compliance_row_names_a_window(scenario: Scenario) -> None:
+    """Nodes gather each other's rows; one still on older code looks up r["window"] on each,
+    so the recent-violation rows carry one that is never a window name."""
+    rows = [r for v in scenario.reference.tables["compliance_windows"].values()
+            for r in projections.compliance_rows(v)]  # fmt: skip
+    recent = [r for r in rows if "violation" in r]
+    assert recent and all(r["window"] == "recent" for r in recent)
+    assert all("window" in r for r in rows)
+    assert {s.name for s in COMPLIANCE_SPECS}.isdisjoint({"recent"})

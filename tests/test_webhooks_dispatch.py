@@ -307,6 +307,7 @@ async def test_requeue_command_sends_a_dead_delivery_again_through_the_running_d
     offline.enqueue([new], died - 48 * 3600)
     offline.record(("erp", event.id), DeliveryState(Status.DEAD, 12, died, died - 48 * 3600,
                                                      died, "HTTP 500", died, EXPIRED))  # fmt: skip
+    offline.mark_dead_lettered([("erp", event.id)])
     offline.close()
     running = await start_dispatcher(settings, [subscription("erp", mine, receiver.url("/ok"))])
     try:

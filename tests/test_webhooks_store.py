@@ -178,12 +178,18 @@ def test_requeue_makes_dead_deliveries_due_again_with_a_fresh_budget(tmp_path: P
     assert row.body == b'{"id":"e1"}'
     assert [d.event_id for d in store.due("s1", 500.0, 10)] == ["e5", "e1"]  # e5 was due at 0
     assert store.unpublished_dead() == []  # it is not a dead letter any more
-    # dead again later: dead-lettered again
+    assert store.requeue_mark() == 1  # dry runs do not move it
+    # dead again later: dead-lettered again; until then it is not requeued (the publisher's
+    # mark could miss a row turned pending under it)
     _dead(store, "s1", "e1", "WEBHOOK_DELIVERY_EXPIRED", 900.0)
     assert [d.event_id for d in store.unpublished_dead()] == ["e1"]
+    early = store.requeue(910.0, event_ids=["e1"])
+    assert (early.keys, early.not_yet_dead_lettered) == ([], 1)
+    assert store.requeue_mark() == 1
 
     by_id = store.requeue(950.0, event_ids=["e4", "e3"])
     assert by_id.keys == [("s2", "e4")]  # e3 was delivered: untouched
+    assert store.requeue_mark() == 2
     assert store.get("s1", "e3").state.status is Status.DELIVERED
     store.close()
 
@@ -192,6 +198,7 @@ def test_requeue_counts_rows_whose_body_is_gone(tmp_path: Path) -> None:
     store = WebhookStore(tmp_path / "d.sqlite3")
     store.enqueue([_new("e1")], now=0.0)
     _dead(store, "s1", "e1", "WEBHOOK_DELIVERY_EXPIRED", 100.0)
+    store.mark_dead_lettered([("s1", "e1")])
     store._db.execute("UPDATE deliveries SET body = NULL")  # as an older version left them
     done = store.requeue(500.0)
     assert (done.keys, done.without_body) == ([], 1)

@@ -89,7 +89,7 @@ def sla_rows(value: dict[str, Any]) -> list[dict[str, Any]]:
 
 def compliance_rows(value: dict[str, Any]) -> list[dict[str, Any]]:
     """Every window of one compliance shard (a tenant's day) and its recent violations (rows
-    with a ``violation`` instead of a ``window``), for the gather step."""
+    with a ``violation``), for the gather step."""
     st = ComplianceWindows.from_dict(value)
     return [
         *(
@@ -97,7 +97,9 @@ def compliance_rows(value: dict[str, Any]) -> list[dict[str, Any]]:
             for name, windows in st.windows.items()
             for start, agg in windows.items()
         ),
-        *({"violation": v.model_dump(mode="json")} for v in st.recent),
+        # "window": "recent" (never a window name) keeps these rows out of a window lookup on
+        # a node still running the code from before they existed (rolling upgrade).
+        *({"window": "recent", "violation": v.model_dump(mode="json")} for v in st.recent),
     ]
 
 
