@@ -387,6 +387,16 @@ async def test_a_never_committed_partition_starts_at_its_log_start() -> None:
     assert [e.message.offset for e in ready] == [0, 1, 2]
 
 
+async def test_a_gap_in_a_partition_taken_away_meanwhile_does_not_kill_the_agent() -> None:
+    class Revoked(_SeekingConsumer):
+        async def seek(self, tp: TP, offset: int) -> None:
+            raise IllegalStateError(f"{tp} is not assigned")
+
+    runner = _runner(Revoked({TP("a", 0): 3}))
+    ready = await runner._in_order(events(("a", 0, 5), ("a", 0, 6)))
+    assert ready == []  # held back, not processed, not committed
+
+
 async def test_log_starts_found_at_the_seek_are_not_asked_again() -> None:
     """The seek at assignment looked up the never-committed partitions' log starts; asking the
     broker again per partition at its first record stalled a fresh worker (~15 s)."""

@@ -39,6 +39,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import faust
+from aiokafka.errors import IllegalStateError
 from faust.types import EventT, TopicT
 
 from events.envelope import DomainEvent
@@ -190,12 +191,20 @@ class Runner:
 
     async def _seek(self, tp: Any, offset: int) -> None:
         """Seek in the consumer's own thread and wait for the new position (as Faust's recovery
-        does), falling back to ``Consumer.seek`` for consumers without that thread."""
+        does), falling back to ``Consumer.seek`` for consumers without that thread.
+
+        A partition a rebalance took away meanwhile is not ours to seek: aiokafka raises
+        IllegalStateError, which would kill the agent; its held records were not committed,
+        so the new owner reads them from the committed offset.
+        """
         thread = getattr(self.app.consumer, "_thread", None)
-        if thread is not None and hasattr(thread, "seek_wait"):
-            await thread.seek_wait({tp: offset})
-        else:
-            await self.app.consumer.seek(tp, offset)
+        try:
+            if thread is not None and hasattr(thread, "seek_wait"):
+                await thread.seek_wait({tp: offset})
+            else:
+                await self.app.consumer.seek(tp, offset)
+        except IllegalStateError:
+            log.warning("%s: not assigned any more; not sought to %d", tp, offset)
 
     async def _watch_gap(self, faust_tp: Any, tp: tuple[str, int], expected: int) -> None:
         """Seek again while the missing records do not come; stop the worker if they never do.
