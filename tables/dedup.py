@@ -46,5 +46,19 @@ class SeenIds(BaseModel):
         # both fields are already valid (ints), so skip validation
         return SeenIds.model_construct(latest=latest, ids=ids)
 
+    def remember_in_place(
+        self, item_id: str, now: datetime, horizon: timedelta = DEDUP_HORIZON
+    ) -> None:
+        """What :meth:`remember` returns, made in this memory itself: only for a memory nobody
+        else holds (a state its batch already copied, ``tables.base.batch_ownership``)."""
+        latest = max(self.latest, unix_ms(now))
+        floor = latest - horizon // timedelta(milliseconds=1)
+        ids = self.ids
+        if ids and min(ids.values()) < floor:
+            for old in [i for i, at in ids.items() if at < floor]:
+                del ids[old]
+        ids.setdefault(item_id, latest)
+        self.latest = latest
+
     def __len__(self) -> int:
         return len(self.ids)

@@ -221,3 +221,42 @@ def test_a_state_is_refused_under_another_tenants_key() -> None:
         master_progress.apply_child(state, other_event, T0, key=make_key(OTHER, wo))
     with pytest.raises(TenantMismatchError):
         master_progress.apply_child(None, other_event, T0, key=make_key(TENANT, wo))
+
+
+@given(st.lists(st.tuples(st.integers(0, 30), st.integers(0, 20)), max_size=40))
+def test_remembering_in_place_equals_remembering_into_a_copy(
+    steps: list[tuple[int, int]],
+) -> None:
+    from tables.dedup import SeenIds
+
+    t0 = datetime(2026, 3, 1, tzinfo=UTC)
+    copied, in_place = SeenIds(), SeenIds()
+    for day, item in steps:
+        now = t0 + timedelta(days=day)
+        before = copied
+        copied = copied.remember(f"id-{item}", now)
+        in_place.remember_in_place(f"id-{item}", now)
+        assert in_place == copied
+        assert before is not copied  # remember never changes the memory it was given
+
+
+def test_admit_copies_once_per_batch_and_key() -> None:
+    from tables.base import admit, batch_ownership, disown, owned_by_batch
+    from tables.compliance import WorkOrderCompliance
+
+    now = datetime(2026, 3, 1, tzinfo=UTC)
+    stored = WorkOrderCompliance(tenant="acme", workOrderId="wo-1")
+    fresh = stored  # never used: state is given
+    first, _ = admit(stored, fresh, "acme:wo-1", "acme", "e1", now, timedelta(days=7))
+    assert first is not stored and "e1" not in stored.seen  # outside a batch: always a copy
+    with batch_ownership():
+        a, _ = admit(stored, fresh, "acme:wo-1", "acme", "e1", now, timedelta(days=7))
+        b, _ = admit(a, fresh, "acme:wo-1", "acme", "e2", now, timedelta(days=7))
+        assert a is not stored and b is a and owned_by_batch(b)  # copied once, then in place
+        assert "e1" in b.seen and "e2" in b.seen and "e1" not in stored.seen
+        dup, duplicate = admit(b, fresh, "acme:wo-1", "acme", "e2", now, timedelta(days=7))
+        assert duplicate and dup is b
+        disown(b)
+        c, _ = admit(b, fresh, "acme:wo-1", "acme", "e3", now, timedelta(days=7))
+        assert c is not b and "e3" not in b.seen
+    assert not owned_by_batch(c)  # the batch is over: its copies are shared again

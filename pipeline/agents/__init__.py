@@ -74,6 +74,7 @@ def register(
         partitions=n,
         retry_max_seconds=worker.send_retry_max_seconds,
         batch_max=worker.batch_max,
+        copy_per_update=worker.copy_per_update,
     )
 
     # The consumer commits what the runner processed in order (pipeline.agents.consumer).

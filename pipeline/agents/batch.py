@@ -9,7 +9,7 @@ key and batch, however many records of the batch updated it).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from pipeline.agents.steps import Write
@@ -39,6 +39,12 @@ class Pending:
 
     def add(self, write: Write, partition: int, context: Any) -> None:
         self._writes[write.stage, write.key] = PendingWrite(write, partition, context)
+
+    def forget_state(self, table: str, key: str) -> None:
+        """Keep the planned value of (table, key) but not its decoded state."""
+        pending = self._writes.get((table, key))
+        if pending is not None and pending.write.state is not None:
+            pending.write = replace(pending.write, state=None)
 
     def writes(self) -> list[PendingWrite]:
         return list(self._writes.values())

@@ -11,7 +11,8 @@ from pipeline.topics import CONTROL_CLOCK
 
 class WorkerSettings(BaseSettings):
     """``WO_CLOCK``, ``WO_TIMER_INTERVAL_SECONDS``, ``WO_CONTROL_TOPIC``, ``WO_FAUST_SENSORS``,
-    ``WO_SEND_RETRY_MAX_SECONDS``, ``WO_BATCH_MAX``, ``WO_TABLE_SIZE_INTERVAL_SECONDS``."""
+    ``WO_SEND_RETRY_MAX_SECONDS``, ``WO_BATCH_MAX``, ``WO_COPY_PER_UPDATE``,
+    ``WO_TABLE_SIZE_INTERVAL_SECONDS``."""
 
     model_config = SettingsConfigDict(env_prefix="WO_", env_file=None, extra="ignore")
 
@@ -27,5 +28,8 @@ class WorkerSettings(BaseSettings):
     # Records per processing batch at most (pipeline.agents.runner); a batch never waits for
     # more records, so this only caps latency and memory under backlog.
     batch_max: int = Field(default=500, ge=1)
+    # Copy a table state on every update instead of once per batch and key (tables.base,
+    # batch_ownership): slower; for comparisons and as a fallback.
+    copy_per_update: bool = False
     # How often wo_table_keys{table} is refreshed (a full key scan of the local tables).
     table_size_interval_seconds: float = Field(default=60.0, gt=0)

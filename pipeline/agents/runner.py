@@ -35,6 +35,7 @@ import logging
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -66,7 +67,7 @@ from pipeline.domain_metrics import DomainMetrics
 from pipeline.metrics import WorkerMetrics
 from pipeline.timers import Clock, parse_tick
 from pipeline.topics import H_KIND, H_STAGES, WorkerTopics, partition_of
-from tables.base import TableState
+from tables.base import TableState, batch_ownership
 from tables.stages import BY_NAME, Stage
 
 log = logging.getLogger(__name__)
@@ -114,8 +115,11 @@ class Runner:
         partitions: int,
         retry_max_seconds: float = 10.0,
         batch_max: int = BATCH_MAX,
+        copy_per_update: bool = False,
     ) -> None:
         self.app = app
+        # True: every update copies its state (no batch_ownership), for comparison/fallback.
+        self.copy_per_update = copy_per_update
         self.topics = topics
         self.tables = tables
         self.clock_table = clock_table
@@ -126,7 +130,9 @@ class Runner:
         self.partitions = partitions
         self.retry_max_seconds = retry_max_seconds
         self.batch_max = batch_max
-        self.planner = Planner(self._read, partitions=partitions, decode=self._decode)
+        self.planner = Planner(
+            self._read, partitions=partitions, decode=self._decode, forget=self._forget
+        )
         self.index = TimerIndex(
             (s.name for s in self.planner.timed), (s.name for s in self.planner.windowed)
         )
@@ -414,13 +420,15 @@ class Runner:
             pending = self._pending = Pending()
             planned: list[Planned] = []
             try:
-                for event in events:
-                    context(event)  # reads (RocksDB) go to the store of the record's partition
-                    item = plan(event)
-                    if item.step is not None:
-                        for write in item.step.writes:
-                            pending.add(write, item.step.partition, event)
-                    planned.append(item)
+                # a key's state is copied once per batch, then updated in place (tables.base)
+                with nullcontext() if self.copy_per_update else batch_ownership():
+                    for event in events:
+                        context(event)  # reads (RocksDB) go to the store of its partition
+                        item = plan(event)
+                        if item.step is not None:
+                            for write in item.step.writes:
+                                pending.add(write, item.step.partition, event)
+                        planned.append(item)
             finally:
                 self._pending = None
             records = [r for item in planned for r in item.records]
@@ -479,6 +487,12 @@ class Runner:
         if cached is not None and cached[0] is raw:
             self.cache.put(stage.name, key, raw, state)
         return state
+
+    def _forget(self, table: str, key: str) -> None:
+        """The batch's decoded state of (table, key) may be half-updated (a reducer failed):
+        later reads of this batch decode its last planned value again."""
+        if self._pending is not None:
+            self._pending.forget_state(table, key)
 
     def _load_clock(self, partition: int) -> None:
         if not self.clock.known(partition):

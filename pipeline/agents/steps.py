@@ -28,7 +28,16 @@ from pydantic import ValidationError
 from events.envelope import DomainEvent
 from events.ids import unix_ms
 from pipeline.topics import partition_of
-from tables.base import Fact, Forward, Result, TableState, is_own, split_key
+from tables.base import (
+    Fact,
+    Forward,
+    Result,
+    TableState,
+    disown,
+    is_own,
+    owned_by_batch,
+    split_key,
+)
 from tables.config import Config, TenantConfig
 from tables.stages import BY_NAME, STAGES, Stage
 
@@ -98,9 +107,11 @@ class Planner:
         config: Config | None = None,
         stages: Iterable[Stage] = STAGES,
         decode: Decoder = from_dict,
+        forget: Callable[[str, str], None] = lambda table, key: None,
     ) -> None:
         self.read = read
         self.decode = decode
+        self.forget = forget  # drop the decoded state of (table, key) kept for this batch
         self.partitions = partitions
         self.config = config or Config()
         self.stages = tuple(stages)
@@ -226,15 +237,21 @@ class Planner:
         config: TenantConfig,
     ) -> None:
         raw = self.read(stage.name, key)
+        state: TableState | None = None
         try:
             state = None if raw is None else self.decode(stage, key, raw)
+            owned = state is not None and owned_by_batch(state)
             result = stage.apply(state, item, now, key=key, config=config)
         except Exception as exc:  # tenant mismatch, unreadable state: refuse this item, say so
             log.exception("%s[%s] refused item %s; skipped", stage.name, key, item.id)
             step.signals["error", stage.name] += 1
             step.refused.append((stage.name, "refused", refusal_detail(exc)))
+            if state is not None and owned_by_batch(state):
+                # it may have been changed halfway: decode the last good value again
+                disown(state)
+                self.forget(stage.name, key)
             return
-        self._record(step, stage, key, state, raw, result, config)
+        self._record(step, stage, key, state, raw, result, config, updated_in_place=owned)
 
     def _record(
         self,
@@ -245,6 +262,8 @@ class Planner:
         raw: dict[str, Any] | None,
         result: Result[Any],
         config: TenantConfig,
+        *,
+        updated_in_place: bool = False,
     ) -> None:
         if result.duplicate:
             step.signals["duplicate", stage.name] += 1
@@ -260,7 +279,7 @@ class Planner:
             step.signals["late", stage.name] += 1
         if result.expired:
             step.signals["expired", stage.name] += result.expired
-        if result.state is not state:
+        if result.state is not state or updated_in_place:
             deadline = self._deadline(stage, result.state, config)
             step.writes.append(
                 Write(stage.name, key, result.state.to_dict(), deadline, result.state)

@@ -100,15 +100,27 @@ class MemoryLayer:
         for partition, value in tick_records(now, self.partitions):
             self.append(CONTROL, partition, None, value, [])
 
-    async def drain(self) -> None:
+    async def drain(self, batch: int = 1) -> None:
+        """Process every queued record; ``batch`` > 1: up to that many records of one queue
+        per runner batch (as the worker's agents do), each batch from a random queue."""
+        plans = {DERIVED: self.runner._plan_event, FORWARDS: self.runner._plan_forward,
+                 CONTROL: self.runner._plan_tick}  # fmt: skip
         while True:
             # nothing reads the dead letters (as in the worker)
             ready = [q for (topic, _), q in self.queues.items() if q and topic != DEAD_LETTERS]
             if not ready:
                 return
-            message = self.random.choice(ready).popleft()
-            handler = self.handlers.get(message.topic, self.runner.on_event)
-            await handler(SimpleNamespace(message=message))
+            queue = self.random.choice(ready)
+            if batch == 1:
+                message = queue.popleft()
+                handler = self.handlers.get(message.topic, self.runner.on_event)
+                await handler(SimpleNamespace(message=message))
+                continue
+            topic = queue[0].topic
+            size = 1 if topic == CONTROL else self.random.randint(1, batch)  # ticks: one
+            taken = [queue.popleft() for _ in range(min(size, len(queue)))]
+            events = [SimpleNamespace(message=m) for m in taken]
+            await self.runner._process(events, plans.get(topic, self.runner._plan_event))
 
     def derived(self) -> dict[str, bytes]:
         return {m.headers[0][1].decode(): m.value for m in self.log.get(DERIVED, [])}
