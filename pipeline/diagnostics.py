@@ -4,15 +4,14 @@ For a worker that is alive but not progressing (a stuck rebalance, seek or flush
 -USR2 <pid>`` prints, for the main loop and the consumer thread's loop, each pending task with
 the coroutine chain it waits in (``cr_await`` walked down to the innermost frame), which
 ``mode``'s own SIGUSR1 dump does not show for the consumer thread. ``pipeline.app.run_worker``
-routes SIGUSR2 here instead of ``mode``'s pdb (useless in a detached worker); :func:`install`
-does the same for other loops. Only code locations are
-printed, never local variables, so no payload value can reach the log.
+routes SIGUSR2 here instead of ``mode``'s pdb (useless in a detached worker). Only code
+locations and future states are printed, never local variables or results, so no payload value
+can reach the log.
 """
 
 from __future__ import annotations
 
 import asyncio
-import signal
 import sys
 import threading
 import traceback
@@ -20,7 +19,7 @@ from collections.abc import Iterator
 from types import CoroutineType, FrameType, GeneratorType
 from typing import IO, Any
 
-__all__ = ["dump", "install"]
+__all__ = ["dump"]
 
 
 def _chain(awaitable: Any) -> Iterator[str]:
@@ -81,8 +80,3 @@ def dump(app: Any, file: IO[str] | None = None) -> None:
             for line in _chain(task.get_coro()):
                 print(f"    {line}", file=out)
     print("=== wo diagnostics: end ===", file=out, flush=True)
-
-
-def install(app: Any) -> None:
-    """Dump on SIGUSR2 from now on (call from inside the running loop)."""
-    asyncio.get_running_loop().add_signal_handler(signal.SIGUSR2, dump, app)

@@ -194,6 +194,11 @@ async def test_scenario_gives_the_reference_output(
         assert "wo_worker_derived_events_total" in metrics
         assert "faust_messages_received" in metrics  # Faust's own sensor
         assert_violation_metrics(metrics, scenario)
+        # kill -USR2: the running worker logs its threads and both loops' tasks (diagnostics)
+        dump = worker.task_dump()
+        assert "main loop" in dump and "consumer thread loop" in dump, dump[-2000:]
+        assert "in _execute_actor" in dump  # the agents' await chains, walked down
+        worker.check_healthy()  # and keeps running
         worker.stop()
     print(f"\n{counts}; " + "; ".join(f"{k}: {v:.1f}s" for k, v in timings.items()))
 
