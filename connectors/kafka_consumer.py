@@ -14,16 +14,9 @@ from pipeline.settings import Settings
 Batches = dict[TopicPartition, list[ConsumerRecord]]
 
 
-def use_tansu(settings: Settings) -> bool:
-    """The embedded broker needs the ListOffsets-fixing consumer (same rule as the Faust app)."""
-    if settings.kafka_transport == "auto":
-        return settings.kafka_bootstrap is None
-    return settings.kafka_transport == "tansu"
-
-
 def consumer_class(settings: Settings) -> type[AIOKafkaConsumer]:
     """:class:`~connectors.tansu_transport.TansuAIOKafkaConsumer` on Tansu, else aiokafka's."""
-    if use_tansu(settings):
+    if settings.tansu:
         from connectors.tansu_transport import TansuAIOKafkaConsumer
 
         return TansuAIOKafkaConsumer

@@ -49,12 +49,6 @@ __all__ = [
 EMBEDDED_BROKER_SESSION_TIMEOUT = 10.0
 
 
-def _transport_scheme(settings: Settings) -> str:
-    if settings.kafka_transport == "auto":
-        return "tansu" if settings.kafka_bootstrap is None else "kafka"
-    return settings.kafka_transport
-
-
 def broker_url(settings: Settings, broker: str | None = None) -> str:
     """Faust broker URL(s) for ``broker`` or ``settings.kafka_bootstrap``.
 
@@ -70,7 +64,7 @@ def broker_url(settings: Settings, broker: str | None = None) -> str:
         )
     if "://" in address:
         return address
-    return f"{_transport_scheme(settings)}://{address}"
+    return f"{'tansu' if settings.tansu else 'kafka'}://{address}"
 
 
 def table_dir(data_dir: Path, app_id: str) -> Path:

@@ -55,10 +55,10 @@ from connectors.dead_letter import (
 )
 from connectors.kafka_consumer import (
     consume_batches,
+    consumer_class,
     group_timeouts,
     start_subscribed,
     stop_quietly,
-    use_tansu,
 )
 from events.envelope import DomainEvent
 from events.parsing import ParseError, parse_event
@@ -133,7 +133,6 @@ class AuditWriter:
         metrics: AuditMetrics,
         stop: asyncio.Event,
         sleep: Sleep = asyncio.sleep,
-        tansu: bool | None = None,
     ) -> None:
         if not settings.kafka_bootstrap:
             raise ValueError("the audit writer needs a Kafka bootstrap address")
@@ -142,7 +141,6 @@ class AuditWriter:
         self._metrics = metrics
         self._stop = stop
         self._sleep = sleep
-        self._tansu = use_tansu(settings) if tansu is None else tansu
         self._dead_letters = DeadLetterPublisher(
             js, settings, BridgeMetrics(), sleep=sleep, stop=stop
         )
@@ -152,11 +150,8 @@ class AuditWriter:
     # -- consumer lifecycle ----------------------------------------------------------------
 
     def _new_consumer(self) -> AIOKafkaConsumer:
-        from connectors.tansu_transport import TansuAIOKafkaConsumer
-
         s = self._settings
-        cls = TansuAIOKafkaConsumer if self._tansu else AIOKafkaConsumer
-        return cls(
+        return consumer_class(s)(
             *DOMAIN_TOPICS.values(),
             bootstrap_servers=s.kafka_bootstrap,
             client_id="wo-stream-audit-writer",

@@ -104,6 +104,14 @@ class Settings(BaseSettings):
     # How often the dispatcher looks for deliveries changed outside it (``webhooks requeue``).
     webhook_rescan_seconds: float = Field(default=5.0, gt=0)
 
+    @property
+    def tansu(self) -> bool:
+        """Whether Kafka is the embedded Tansu broker (``kafka_transport``, "auto": no
+        ``kafka_bootstrap`` given), whose ListOffsets answer needs the Tansu-aware clients."""
+        if self.kafka_transport == "auto":
+            return self.kafka_bootstrap is None
+        return self.kafka_transport == "tansu"
+
 
 @lru_cache(maxsize=1)
 def get_settings() -> Settings:
