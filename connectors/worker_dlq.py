@@ -189,13 +189,7 @@ class _Scan:
                     for record in records:
                         if record.offset >= ends[tp]:
                             break
-                        if self.limit is not None and self.report.replayed >= self.limit:
-                            return positions
-                        if (
-                            self.limit is not None
-                            and self.dry_run
-                            and (self.report.matched >= self.limit)
-                        ):
+                        if self._limit_reached():
                             return positions
                         positions[tp] = record.offset + 1
                         sent = await self._one(producer, record)
@@ -204,6 +198,11 @@ class _Scan:
             return positions
         finally:
             await asyncio.gather(*pending)  # every replayed record acked before any commit
+
+    def _limit_reached(self) -> bool:
+        # a dry run replays nothing: its limit counts what it would replay
+        done = self.report.matched if self.dry_run else self.report.replayed
+        return self.limit is not None and done >= self.limit
 
     async def _one(self, producer: AIOKafkaProducer, record: ConsumerRecord) -> Any:
         report = self.report

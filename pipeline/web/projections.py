@@ -143,6 +143,10 @@ def expiring(rows: Iterable[dict[str, Any]], now: datetime, within_days: int
     return sorted(out, key=lambda r: (r["expirationDate"], r["personId"], r["experienceId"]))
 
 
+def _windows_of(rows: Iterable[dict[str, Any]], spec: WindowSpec) -> dict[int, dict[str, Any]]:
+    return {r["startMs"]: r for r in rows if r.get("window") == spec.name}
+
+
 def _anchor(spec: WindowSpec, starts: Iterable[int], now_ms: int) -> int:
     """Start of the newest window: the one holding ``now``, or a later one holding data."""
     return max([spec.start_of(now_ms), *starts])
@@ -152,7 +156,7 @@ def sla_windows(rows: Iterable[dict[str, Any]], spec: WindowSpec, last: int, now
                 ) -> list[dict[str, Any]]:  # fmt: skip
     """The ``last`` consecutive ``spec`` windows ending with the newest, oldest first; empty
     windows included (count 0, variance null). Mean variance = sum / count."""
-    by_start = {r["startMs"]: r for r in rows if r["window"] == spec.name}
+    by_start = _windows_of(rows, spec)
     newest = _anchor(spec, by_start, now_ms)
     out = []
     for n in range(last - 1, -1, -1):
@@ -171,10 +175,6 @@ def sla_windows(rows: Iterable[dict[str, Any]], spec: WindowSpec, last: int, now
             }
         )
     return out
-
-
-def _windows_of(rows: Iterable[dict[str, Any]], spec: WindowSpec) -> dict[int, dict[str, Any]]:
-    return {r["startMs"]: r for r in rows if r.get("window") == spec.name}
 
 
 def compliance_windows(rows: Iterable[dict[str, Any]], spec: WindowSpec, last: int,
