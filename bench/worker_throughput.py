@@ -6,7 +6,9 @@ them (key ``{tenant}:{entity}``, timestamp = event time, the ``wo-*`` headers), 
 in turn, each as a subprocess with a fresh consumer group and data dir:
 
 (a) ``bare``: a Faust agent (same app settings and ``tansu://`` transport, memory store) that
-    only decodes each value's JSON (orjson);
+    only decodes each value's JSON (orjson); with ``--fast-drain on|both`` also ``bare+fd``, the
+    same agent on the worker's fast-drain consumer (:mod:`pipeline.agents.consumer`): the
+    per-record ceiling of Faust's stream path as the worker uses it;
 (b) ``worker``: ``python pipeline.py worker`` (every table family, dedup, derived events,
     repartitioning, RocksDB, changelogs; control clock without ticks, so ``now`` is each
     event's own time, a replay of the prefilled backlog).
@@ -274,13 +276,16 @@ def bare_agent_main(args: argparse.Namespace) -> None:
     import faust
     import orjson
 
+    from pipeline.agents.consumer import fast_drain
     from pipeline.app import create_app, run_worker
     from pipeline.settings import Settings
 
     settings = Settings()
     app = create_app(settings, store="memory://")
-    # Stock Faust as the reference: undo create_app's consumer (pipeline.agents.consumer).
-    app.transport.Consumer = type(app.transport).Consumer
+    # Stock Faust as the reference: undo create_app's consumer (pipeline.agents.consumer);
+    # --fd: stock plus only the fast-drain loop (the worker's path minus its restart guards).
+    stock = type(app.transport).Consumer
+    app.transport.Consumer = fast_drain(stock) if args.fd else stock
     topic = app.topic(*DOMAIN, key_type=bytes, value_type=bytes, key_serializer="raw",
                       value_serializer="raw")  # fmt: skip
     latencies: list[float] = []
@@ -305,13 +310,17 @@ def bare_agent_main(args: argparse.Namespace) -> None:
     run_worker(app, loglevel="warning")
 
 
-async def run_bare(args: argparse.Namespace, bootstrap: str, work: Path) -> Result:
+async def run_bare(
+    args: argparse.Namespace, bootstrap: str, work: Path, *, fast_drain: bool = False
+) -> Result:
     app_id = f"bench-bare-{uuid.uuid4().hex[:8]}"
     port = free_port()
     result_path = work / f"{app_id}.json"
     env = child_env(bootstrap, work / app_id, app_id, port, args.partitions)
     argv = [sys.executable, str(SCRIPT), "--bare-agent", "--events",
             str(args.events), "--result", str(result_path)]  # fmt: skip
+    if fast_drain:
+        argv.append("--fd")
     log_path = work / f"{app_id}.log"
     started = time.time()
     proc = spawn(argv, env, log_path)
@@ -328,7 +337,8 @@ async def run_bare(args: argparse.Namespace, bootstrap: str, work: Path) -> Resu
         rss = peak_rss_mb(proc.pid)
     finally:
         stop(proc)
-    return Result("bare", args.events, out["last"] - out["first"], out["first"] - started,
+    name = "bare+fd" if fast_drain else "bare"
+    return Result(name, args.events, out["last"] - out["first"], out["first"] - started,
                   out["p50"] * 1000, out["p99"] * 1000, rss, out["count"])  # fmt: skip
 
 
@@ -482,6 +492,8 @@ async def bench(args: argparse.Namespace) -> int:
             results = []
             if not args.skip_bare:
                 results.append(await run_bare(args, bootstrap, work))
+                if args.fast_drain != "off":
+                    results.append(await run_bare(args, bootstrap, work, fast_drain=True))
             for fast in {"off": [False], "on": [True], "both": [False, True]}[args.fast_drain]:
                 results.append(await run_worker(args, bootstrap, work, fast_drain=fast))
             last_fast = args.fast_drain != "off"
@@ -501,6 +513,7 @@ async def bench(args: argparse.Namespace) -> int:
     for r in results:
         print(f"{r.name}_events_per_s = {r.rate:.0f}")
     workers = [r for r in results if r.name.startswith("worker")]
+    bare_fd = next((r for r in results if r.name == "bare+fd"), None)
     for worker in workers:
         print(f"{worker.name}_p50_ms = {worker.p50_ms:.2f}")
         print(f"{worker.name}_p99_ms = {worker.p99_ms:.2f}")
@@ -508,6 +521,14 @@ async def bench(args: argparse.Namespace) -> int:
         print(f"{worker.name}_cpu_ms_per_event = {1000 * worker.cpu / worker.events:.2f}")
         if not args.skip_bare:
             print(f"ratio {worker.name}/bare = {worker.rate / results[0].rate:.2f}")
+        if bare_fd is not None:
+            # The worker's stream path carries its own repartition and wo.derived records too:
+            # at bare+fd's per-record rate and with no table work at all it could not go faster.
+            per_event = worker.records / worker.events
+            print(f"ratio {worker.name}/bare+fd = {worker.rate / bare_fd.rate:.2f}")
+            print(f"ceiling {worker.name} = {bare_fd.rate / per_event:.0f} events/s "
+                  f"({per_event:.2f} records/event at bare+fd's "
+                  f"{bare_fd.rate:,.0f} records/s)")  # fmt: skip
     if args.fast_drain == "both":
         print(f"ratio worker+fd/worker = {workers[1].rate / workers[0].rate:.2f}")
     base = workers[len(workers) - len(args.variant) - 1]
@@ -566,6 +587,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--log-dir", default=None, help="keep the workers' logs here")
     parser.add_argument("--bare-agent", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--result", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--fd", action="store_true", help=argparse.SUPPRESS)
     return parser.parse_args(argv)  # fmt: skip
 
 
