@@ -19,6 +19,7 @@ _UUID_RE = re.compile(UUID_PATTERN)
 _UUID7_RE = re.compile(UUID7_PATTERN)
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MS = timedelta(milliseconds=1)
 _MAX_UNIX_MS = (1 << 48) - 1
 # Domain separation: versions the derivation so a future scheme can never collide with this one.
 _DERIVATION_TAG = b"wo-stream/derived-event-id/v1"
@@ -36,9 +37,11 @@ def is_uuid7(value: object) -> bool:
 
 def unix_ms(at: datetime) -> int:
     """Milliseconds since the Unix epoch, floored; ``at`` must be timezone-aware."""
-    if at.tzinfo is None or at.utcoffset() is None:
+    tz = at.tzinfo
+    # UTC first: every event time is normalised to it, and this runs several times per event
+    if tz is not UTC and (tz is None or at.utcoffset() is None):
         raise ValueError("datetime must be timezone-aware")
-    ms = (at - _EPOCH) // timedelta(milliseconds=1)
+    ms = (at - _EPOCH) // _MS
     if not 0 <= ms <= _MAX_UNIX_MS:
         raise ValueError("datetime is outside the UUIDv7 48-bit millisecond range")
     return ms

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from functools import lru_cache
 from typing import NamedTuple
 
 # No leading zeros, so every version has exactly one spelling ("1.01" is malformed, not 1.1).
@@ -35,6 +36,11 @@ def try_parse_version(value: object) -> Version | None:
     """Like parse_version, but None instead of an exception (for hot paths)."""
     if not isinstance(value, str):
         return None
+    return _try_parse(value)
+
+
+@lru_cache(maxsize=256)  # every event carries one of a handful of versions
+def _try_parse(value: str) -> Version | None:
     match = _VERSION_RE.fullmatch(value)
     if match is None:
         return None

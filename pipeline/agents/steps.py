@@ -17,7 +17,7 @@ tenant and day), calibration fan-outs and the forwarded facts are the ones that 
 from __future__ import annotations
 
 import logging
-from collections import Counter
+from collections import defaultdict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -87,7 +87,9 @@ class Step:
     derived: list[DomainEvent] = field(default_factory=list)
     forwards: list[Forward] = field(default_factory=list)
     reroutes: dict[str, list[str]] = field(default_factory=dict)  # key -> tables
-    signals: Counter[tuple[str, str]] = field(default_factory=Counter)  # (signal, table)
+    # (signal, table) -> count; a defaultdict, not a Counter: one Step per record, and
+    # Counter() costs a Python-level update() call per construction
+    signals: defaultdict[tuple[str, str], int] = field(default_factory=lambda: defaultdict(int))
     # (table, reason, detail) of each table that refused the record: it goes to dead letters
     refused: list[tuple[str, str, str]] = field(default_factory=list)
 
