@@ -205,3 +205,21 @@ def test_dev_key_is_created_once_and_reused(tmp_path: Path) -> None:
 def test_pg_fixture_is_real(pg: PgServer) -> None:
     with psycopg.connect(pg.dsn) as c:
         assert c.execute("SHOW server_version").fetchone()[0].startswith(str(pg.bindir.parts[-2]))
+
+
+def test_an_unusable_dsn_never_puts_its_password_in_the_error() -> None:
+    # libpq's DSN parser quotes the offending token: a password with a stray "%" would go into
+    # the writer's retry log lines through StoreUnavailable.
+    from pydantic import SecretStr
+
+    secret = "Xy7%zz9Secret"
+    for dsn, kept in ((f"postgresql://wo:{secret}@127.0.0.1:1/audit", "ProgrammingError"),
+                      ("postgresql://wo:pw@127.0.0.1:1/audit", "Connection refused")):  # fmt: skip
+        store = open_store(Settings(audit_dsn=SecretStr(dsn)))
+        try:
+            with pytest.raises(StoreUnavailable) as caught:
+                store.append([])
+        finally:
+            store.close()
+        assert secret not in str(caught.value) and ":pw@" not in str(caught.value)
+        assert kept in str(caught.value)  # a connection error still says what failed

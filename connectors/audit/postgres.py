@@ -111,8 +111,11 @@ class PostgresAuditStore(AuditStore):
 
 
 def _describe(exc: psycopg.Error) -> str:
-    """Class and SQLSTATE; the text only for connection errors (a server message's DETAIL can
-    quote row values, which must never reach the logs)."""
-    if exc.sqlstate is None:
+    """Class and SQLSTATE; the text only for libpq's connection errors (host, port, user: what
+    an operator needs). A server message's DETAIL can quote row values, and a DSN parse error
+    quotes the DSN's own tokens (a password with a stray ``%``), so neither reaches the logs."""
+    if exc.sqlstate is not None:
+        return f"postgres: {type(exc).__name__} (SQLSTATE {exc.sqlstate})"
+    if isinstance(exc, psycopg.OperationalError):
         return f"postgres: {type(exc).__name__}: {str(exc).strip().splitlines()[0][:200]}"
-    return f"postgres: {type(exc).__name__} (SQLSTATE {exc.sqlstate})"
+    return f"postgres: {type(exc).__name__} (message withheld: it may quote the DSN)"
