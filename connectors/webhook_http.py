@@ -1,6 +1,7 @@
 """The webhook HTTP sender (aiohttp) and its server-side request forgery (SSRF) guard.
 
-Before any connection: the URL must be ``http``/``https`` with a host and no userinfo, an IP
+Before any connection: the URL must be ``https`` (``http`` only with ``allow_http``: bodies are
+L3/L4 events and their signatures, not for cleartext) with a host and no userinfo, an IP
 literal must be canonical (``2130706433``, ``0177.0.0.1``, ``127.1`` are refused: resolvers read
 them as 127.0.0.1), and every address a host name resolves to must be allowed. Addresses are
 classified after unwrapping IPv4 embedded in IPv6 (IPv4-mapped ``::ffff:a.b.c.d``, NAT64
@@ -108,11 +109,15 @@ class AddressPolicy:
 
     allow_private_networks: bool = False
     allowed_networks: tuple[IPNetwork, ...] = ()
+    allow_http: bool = False  # plain http:// targets (tests, a local receiver in development)
 
     @classmethod
-    def build(cls, allow_private: bool = False, networks: Sequence[str] = ()) -> AddressPolicy:
+    def build(
+        cls, allow_private: bool = False, networks: Sequence[str] = (), allow_http: bool = False
+    ) -> AddressPolicy:
         """From settings values; a bad CIDR raises ValueError."""
-        return cls(allow_private, tuple(ipaddress.ip_network(n, strict=False) for n in networks))
+        cidrs = tuple(ipaddress.ip_network(n, strict=False) for n in networks)
+        return cls(allow_private, cidrs, allow_http)
 
     def refusal(self, ip: IPAddress) -> str | None:
         """None if ``ip`` is allowed, else the reason code."""
@@ -157,6 +162,8 @@ class AddressPolicy:
         elif host == "localhost" or host.endswith(".localhost"):
             if self.refusal(ipaddress.ip_address("127.0.0.1")) is not None:
                 raise ForbiddenTarget("loopback")
+        if parsed.scheme == "http" and not self.allow_http:
+            raise ForbiddenTarget("plain_http")  # after the address checks: theirs say more
         return parsed
 
 

@@ -111,10 +111,12 @@ class SubscriptionConfig(BaseModel):
         previous = None
         if self.previous_secret_env is not None:
             previous = _from_env(env, self.previous_secret_env, self.id).encode()
-        if len(secret.encode()) < MIN_SECRET_BYTES:
-            raise ConfigError(
-                f"subscription {self.id}: secret shorter than {MIN_SECRET_BYTES} bytes"
-            )
+        # The previous secret signs every request during a rotation too: same minimum.
+        for name, value in (("secret", secret.encode()), ("previous secret", previous)):
+            if value is not None and len(value) < MIN_SECRET_BYTES:
+                raise ConfigError(
+                    f"subscription {self.id}: {name} shorter than {MIN_SECRET_BYTES} bytes"
+                )
         return Subscription(
             id=self.id,
             tenant_id=self.tenant_id,

@@ -206,7 +206,9 @@ def backoff_policy(settings: Settings) -> BackoffPolicy:
 
 def address_policy(settings: Settings) -> AddressPolicy:
     return AddressPolicy.build(
-        settings.webhook_allow_private_networks, settings.webhook_allowed_networks
+        settings.webhook_allow_private_networks,
+        settings.webhook_allowed_networks,
+        settings.webhook_allow_http,
     )
 
 

@@ -67,6 +67,7 @@ async def test_kill_9_neither_loses_nor_resends(stack_settings: Settings, tmp_pa
         "WO_DATA_DIR": str(data_dir),
         "WO_WEBHOOK_SUBSCRIPTIONS": str(subs),
         "WO_WEBHOOK_ALLOWED_NETWORKS": '["127.0.0.0/8"]',
+        "WO_WEBHOOK_ALLOW_HTTP": "true",  # the receiver is a plain-HTTP test server
         "WO_WEBHOOK_GROUP": f"wh-restart-{uuid.uuid4().hex[:8]}",
         "WO_WEBHOOK_METRICS_PORT": "0",
         "WO_WEBHOOK_SESSION_TIMEOUT_MS": "6000",

@@ -22,8 +22,8 @@ from tables.webhooks import OutcomeKind
 from tests.webhooks_testkit import Receiver, connects_fixture  # noqa: F401 (fixture)
 
 STRICT = AddressPolicy()
-PRIVATE_OK = AddressPolicy(allow_private_networks=True)
-LOOPBACK_ONLY = AddressPolicy.build(False, ["127.0.0.0/8"])
+PRIVATE_OK = AddressPolicy(allow_private_networks=True, allow_http=True)  # loopback receivers
+LOOPBACK_ONLY = AddressPolicy.build(False, ["127.0.0.0/8"], allow_http=True)
 
 
 @pytest.mark.parametrize(
@@ -124,9 +124,22 @@ def test_urls_refused_statically(url: str, reason: str) -> None:
     assert info.value.reason == reason
 
 
-@pytest.mark.parametrize("url", ["https://hooks.example.com/wo", "http://93.184.216.34:8443/x"])
+@pytest.mark.parametrize("url", ["https://hooks.example.com/wo", "https://93.184.216.34:8443/x"])
 def test_public_urls_pass_static_checks(url: str) -> None:
-    assert str(STRICT.check_url(url)).startswith("http")
+    assert str(STRICT.check_url(url)).startswith("https://")
+
+
+def test_plain_http_only_when_allowed() -> None:
+    # bodies are L3/L4 events and signatures: no cleartext unless configured for development
+    for policy in (STRICT, AddressPolicy(allow_private_networks=True)):
+        with pytest.raises(ForbiddenTarget) as info:
+            policy.check_url("http://hooks.example.com/wo")
+        assert info.value.reason == "plain_http"
+    allowing = AddressPolicy.build(allow_http=True)
+    assert str(allowing.check_url("http://93.184.216.34:8443/x")) == "http://93.184.216.34:8443/x"
+    with pytest.raises(ForbiddenTarget) as info:  # the address rules still apply
+        allowing.check_url("http://127.0.0.1/")
+    assert info.value.reason == "loopback"
 
 
 def test_non_canonical_ip_refused_even_when_private_allowed() -> None:

@@ -116,6 +116,10 @@ def test_load_yaml(tmp_path: Path) -> None:
         ({"events": ["*"], "secret_env": "WH", "colour": "red"}, "colour"),
         ({"events": ["*"], "secret_env": "MISSING"}, "MISSING is not set"),
         ({"events": ["*"], "secret": "short-but-secret"[:10]}, "shorter than 16"),
+        (
+            {"events": ["*"], "secret_env": "WH", "previous_secret_env": "WH_OLD"},
+            "previous secret shorter than 16",
+        ),  # it signs every request while rotating
     ],
 )
 def test_invalid_files_name_the_problem_not_the_secret(
@@ -124,7 +128,7 @@ def test_invalid_files_name_the_problem_not_the_secret(
     base = {"id": "a", "tenant_id": "t1", "url": "https://a.example/h"}
     path = _write(tmp_path / "s.json", {"subscriptions": [{**base, **entry}]})
     with pytest.raises(ConfigError) as info:
-        load_subscriptions(path, {"WH": "w" * 32})
+        load_subscriptions(path, {"WH": "w" * 32, "WH_OLD": "short-but"})
     text = str(info.value)
     assert message in text
     assert "hunter2" not in text and "short-but" not in text and "w" * 32 not in text

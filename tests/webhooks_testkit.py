@@ -217,6 +217,7 @@ def webhook_settings(data_dir: Path, **overrides: Any) -> Settings:
     values: dict[str, Any] = {
         "data_dir": data_dir,
         "webhook_allowed_networks": ["127.0.0.0/8"],
+        "webhook_allow_http": True,  # the receivers are plain-HTTP aiohttp servers
         "webhook_metrics_port": 0,
         "webhook_timeout_seconds": 10.0,
         "webhook_connect_timeout_seconds": 2.0,
