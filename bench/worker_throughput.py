@@ -383,10 +383,11 @@ async def run_worker(
     variant: tuple[str, dict[str, str]] | None = None,
 ) -> Result:
     app_id = f"bench-worker-{uuid.uuid4().hex[:8]}"
-    port = free_port()
+    port, metrics_port = free_port(), free_port()
     # Each worker run derives into its own topic: a second run must not read the first's output.
     derived = f"{DERIVED}.{app_id}"
-    extra = {"WO_FAUST_FAST_DRAIN": "true" if fast_drain else "false", "WO_EGRESS_TOPIC": derived}
+    extra = {"WO_FAUST_FAST_DRAIN": "true" if fast_drain else "false", "WO_EGRESS_TOPIC": derived,
+             "WO_WORKER_METRICS_PORT": str(metrics_port)}  # fmt: skip
     if args.batch_max:
         extra["WO_BATCH_MAX"] = str(args.batch_max)
     if variant is not None:
@@ -436,7 +437,7 @@ async def run_worker(
             )
             calm = calm + 1 if finished else 0
         cpu = cpu_seconds(proc.pid) - (cpu_start or 0.0)
-        metrics = (http_get(port, "/metrics") or b"").decode()
+        metrics = (http_get(metrics_port, "/metrics") or b"").decode()
         rss = peak_rss_mb(proc.pid)
     finally:
         await stack.aclose()

@@ -30,7 +30,7 @@ from connectors.egress import Egress
 from connectors.ingress import Ingress, KafkaWriter
 from connectors.jetstream import connect_nats, ensure_streams
 from connectors.kafka_topics import bridge_topics, ensure_topics
-from pipeline.settings import Settings
+from pipeline.settings import Settings, redact_url
 
 log = logging.getLogger(__name__)
 
@@ -103,7 +103,7 @@ class Bridge:
         self.started = True
         log.info(
             "bridge running: NATS %s, Kafka %s, ingress=%s egress=%s idempotent=%s",
-            s.nats_url, s.kafka_bootstrap, self._enable_ingress, self._enable_egress,
+            redact_url(s.nats_url), s.kafka_bootstrap, self._enable_ingress, self._enable_egress,
             bool(self.writer and self.writer.idempotent),
         )  # fmt: skip
 

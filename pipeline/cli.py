@@ -35,6 +35,13 @@ kafka_option = click.option(
 )
 
 
+def _redact(url: str | None) -> str:
+    """A server URL without its credentials, for output (pipeline.settings.redact_url)."""
+    from pipeline.settings import redact_url
+
+    return redact_url(url)
+
+
 def _settings(**overrides: Any):
     """Settings from WO_* env with the non-None CLI overrides applied."""
     from pipeline.settings import Settings
@@ -78,7 +85,7 @@ def _nats_call(coro: Any, nats_url: str) -> Any:
     try:
         return asyncio.run(coro)
     except (NoServersError, OSError) as exc:
-        raise click.ClickException(f"cannot reach NATS at {nats_url}: {exc}") from exc
+        raise click.ClickException(f"cannot reach NATS at {_redact(nats_url)}: {exc}") from exc
 
 
 def _web_url(port: int) -> str:
@@ -314,7 +321,7 @@ def _print_banner(
     nats_note = "  (embedded)" if embedded and not settings.nats_url else ""
     kafka_note = "  (embedded)" if embedded and not settings.kafka_bootstrap else ""
     rows = [
-        ("NATS", nats_addr + nats_note),
+        ("NATS", _redact(nats_addr) + nats_note),
         ("Kafka", kafka_addr + kafka_note),
         ("streams", ", ".join(streams)),
         ("data dir", str(data_root)),
@@ -618,7 +625,7 @@ def provision(nats_url: str | None) -> None:
     if not settings.nats_url:
         raise click.UsageError("provision needs --nats-url or WO_NATS_URL")
     streams = _nats_call(_provision(settings.nats_url, settings), settings.nats_url)
-    click.echo(f"streams ready on {settings.nats_url}: {', '.join(streams)}")
+    click.echo(f"streams ready on {_redact(settings.nats_url)}: {', '.join(streams)}")
 
 
 # --------------------------------------------------------------------------------------------

@@ -5,6 +5,7 @@ from __future__ import annotations
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
+from urllib.parse import urlsplit
 
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -37,6 +38,10 @@ class Settings(BaseSettings):
 
     web_port: int = 6066
     web_tokens: SecretStr | None = None
+    # The worker's Prometheus metrics carry tenant labels (domain metrics), so they are not on
+    # the tenant API's port (any tenant's token holder reaches that one) but on their own,
+    # bound to WO_BRIDGE_METRICS_HOST (loopback by default); 0 = not served.
+    worker_metrics_port: int = Field(default=9111, ge=0, le=65535)
 
     app_id: str = "wo-stream"
     # Faust's consumer loop without a task per record (pipeline/agents/consumer.py): 1.25-1.3x
@@ -89,6 +94,8 @@ class Settings(BaseSettings):
     webhook_metrics_port: int = Field(default=9110, ge=0, le=65535)
     # SSRF guard: only global unicast addresses unless these admit more (e.g. on-prem ERP).
     webhook_allow_private_networks: bool = False
+    # http:// subscription URLs (bodies are L3/L4 events): refused unless this is set (dev, tests).
+    webhook_allow_http: bool = False
     webhook_allowed_networks: list[str] = Field(default_factory=list)
     webhook_connect_timeout_seconds: float = Field(default=5.0, gt=0)
     webhook_timeout_seconds: float = Field(default=15.0, gt=0)
@@ -117,3 +124,20 @@ class Settings(BaseSettings):
 def get_settings() -> Settings:
     """The process-wide settings, read once."""
     return Settings()
+
+
+def redact_url(url: str | None) -> str:
+    """``url`` (or a comma-separated list of them) without user info, for logs and banners.
+
+    nats-py takes ``nats://user:password@host`` and ``nats://token@host``; printing the URL as
+    configured would put the credential into every log line and banner that names the server.
+    """
+    if not url:
+        return str(url)
+    parts = []
+    for part in (p.strip() for p in url.split(",")):
+        netloc = urlsplit(part).netloc if "://" in part else part
+        if "@" in netloc:
+            part = part.replace(netloc, "***@" + netloc.rsplit("@", 1)[1], 1)
+        parts.append(part)
+    return ",".join(parts)

@@ -503,3 +503,19 @@ def test_run_full_pipeline_with_worker(tmp_path: Path, marker: str) -> None:
     assert "stopped cleanly" in out and SECRET not in out
     assert "Closing event loop" in log.read_text()  # Faust shut down on its own, not killed
     _assert_nothing_left(marker, proc)
+
+
+def test_server_urls_are_printed_without_credentials() -> None:
+    from pipeline.settings import redact_url
+
+    cases = {
+        "nats://wo:s3cret@nats:4222": "nats://***@nats:4222",
+        "nats://tok3n@nats:4222": "nats://***@nats:4222",
+        "tls://a:p%40ss@n1:4222, nats://n2:4222": "tls://***@n1:4222,nats://n2:4222",
+        "nats://127.0.0.1:4222": "nats://127.0.0.1:4222",
+        "user:pw@host:4222": "***@host:4222",
+    }
+    for url, shown in cases.items():
+        assert redact_url(url) == shown
+        assert "s3cret" not in redact_url(url) and "tok3n" not in redact_url(url)
+    assert redact_url(None) == "None"

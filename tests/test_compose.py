@@ -171,10 +171,14 @@ def test_prometheus_scrapes_worker_and_bridge(compose: dict[str, Any]) -> None:
         for target in static["targets"]
     }
     services = compose["services"]
-    worker_port = services["worker"]["environment"]["WO_WEB_PORT"]
+    worker = services["worker"]
+    metrics_port = worker["environment"]["WO_WORKER_METRICS_PORT"]
     bridge_port = services["bridge"]["environment"]["WO_BRIDGE_METRICS_PORT"]
-    assert ("/metrics", f"worker:{worker_port}") in targets.values()
-    assert worker_port == "6066"
+    assert ("/metrics", f"worker:{metrics_port}") in targets.values()
+    assert worker["environment"]["WO_BRIDGE_METRICS_HOST"] == "0.0.0.0"  # scraped over the net
+    # The tenant API's port is published; the tenant-labelled metrics' port is not.
+    assert worker["environment"]["WO_WEB_PORT"] == "6066" and worker["ports"] == ["6066:6066"]
+    assert metrics_port != "6066" and not any(metrics_port in p for p in worker["ports"])
     assert ("/metrics", f"bridge:{bridge_port}") in targets.values()
     mounts = services["prometheus"]["volumes"]
     assert "./deploy/prometheus/prometheus.yml:/etc/prometheus/prometheus.yml:ro" in mounts

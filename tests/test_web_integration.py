@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
-import subprocess
 import sys
 import time
 import uuid
@@ -46,24 +45,11 @@ CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-backg
 class WebWorker(PipelineWorker):
     """A worker with the web API (``python -m pipeline.web``) and the scenario's tokens."""
 
-    def start(self) -> None:
-        from tests.test_worker_restart import free_port
+    def argv(self) -> list[str]:
+        return [sys.executable, "-m", "pipeline.web"]
 
-        self.port = free_port()
-        env = {k: v for k, v in os.environ.items() if not k.startswith("WO_")}
-        env.update(
-            WO_KAFKA_BOOTSTRAP=self.bootstrap, WO_KAFKA_TRANSPORT="tansu",
-            WO_DATA_DIR=str(self.data_dir), WO_APP_ID=self.app_id, WO_WEB_PORT=str(self.port),
-            WO_PARTITIONS=str(self.partitions), WO_CLOCK="control", WO_WEB_TOKENS=TOKENS,
-            PYTHONUNBUFFERED="1",
-        )  # fmt: skip
-        log_path = self.log_dir / f"{self.name}-{len(self.runs) + 1}.log"
-        with log_path.open("wb") as log:
-            proc = subprocess.Popen(
-                [sys.executable, "-m", "pipeline.web"], cwd=REPO_ROOT, env=env, stdout=log,
-                stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
-            )  # fmt: skip
-        self.runs.append((proc, log_path))
+    def env(self) -> dict[str, str]:
+        return {**super().env(), "WO_WEB_TOKENS": TOKENS}
 
     @property
     def url(self) -> str:
@@ -222,10 +208,15 @@ async def test_health_ready_metrics_and_spec(workers: tuple[WebWorker, WebWorker
     for worker in workers:
         assert await call(worker, "/health", None) == (200, {"status": "ok"})
         assert await call(worker, "/ready", None) == (200, {"ready": True})
-        status, text = await call(worker, "/metrics", None)
-        assert status == 200 and "wo_worker_events_processed_total" in text
+        # tenant-labelled metrics are not on the tenant API's port, with or without a token
+        assert (await call(worker, "/metrics", None))[0] == 404
+        assert (await call(worker, "/metrics", TOK_A))[0] == 404
+        text = await worker.metrics()
+        assert text is not None and "wo_worker_events_processed_total" in text
+        assert "faust_messages_received" in text  # Faust's sensor, on the same registry
         assert await call(worker, "/openapi.json", None) == (200, committed)
         assert (await call(worker, "/table/", None))[0] == 404
+        assert (await call(worker, "/router/", None))[0] == 404
 
 
 async def test_dashboard_in_headless_chromium(

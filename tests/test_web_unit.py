@@ -284,6 +284,9 @@ async def test_tenant_isolation_and_error_codes(
     assert (await client.get("/table/")).status == 404
     key = f"{GLOBEX}:{g['master']}"
     assert (await client.get(f"/table/wo_masters/{key}/")).status == 404
+    # nor Faust's /router pages (the cluster's assignment and every worker's URL)
+    for path in ("/router/", f"/router/wo_masters/{key}/"):
+        assert (await client.get(path)).status == 404, path
 
 
 async def test_routed_request_is_answered_locally_or_503(
@@ -324,8 +327,10 @@ def test_committed_openapi_is_current() -> None:
     for path_ in ("/tenants/{tenant}/masters/{masterId}/progress", "/tenants/{tenant}/sla",
                   "/tenants/{tenant}/compliance", "/tenants/{tenant}/certifications/expiring",
                   "/tenants/{tenant}/work-orders/{workOrderId}/compliance-summary", "/health",
-                  "/ready", "/metrics"):  # fmt: skip
+                  "/ready"):  # fmt: skip
         assert path_ in paths
+    # Prometheus metrics are served on their own port (tenant labels), not next to the API
+    assert "/metrics" not in paths
 
 
 def test_every_compliance_row_names_a_window(scenario: Scenario) -> None:

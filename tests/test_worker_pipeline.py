@@ -196,7 +196,8 @@ async def test_scenario_gives_the_reference_output(
         timings["phases"] = time.monotonic() - started
         counts = await check_output(broker, scenario)
         await check_dead_letters_and_replay(broker, worker, private_stack.kafka_bootstrap, scenario)
-        metrics = await worker.get("/metrics")
+        metrics = await worker.metrics()
+        assert metrics is not None and await worker.get("/metrics") is None  # not on the web port
         assert 'wo_worker_late_events_total{table="compliance_windows"} 1.0' in metrics
         assert "wo_worker_derived_events_total" in metrics
         assert "faust_messages_received" in metrics  # Faust's own sensor

@@ -9,7 +9,8 @@
   domain topics (every stage that routes the event), ``wo.derived`` (only the counting stages,
   ``derived_inputs``: nothing derives from its own output), the repartition topic (facts and
   re-keyed events) and the control topic (clock ticks, timers);
-* the wall-clock tick timer (group leader only), ``/wo/status/`` and ``/metrics``.
+* the wall-clock tick timer (group leader only) and ``/wo/status/`` on the web port;
+* Prometheus metrics on their own port (``WO_WORKER_METRICS_PORT``), not the web port.
 
 The stages are generic descriptors, so there is no module per family: routing, repartitioning,
 dedup write-back, timers and output are the same for all of them (``steps``, ``runner``).
@@ -22,7 +23,6 @@ from datetime import UTC, datetime
 from typing import Any
 
 import faust
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from pipeline.agents.config import WorkerSettings
 from pipeline.agents.runner import CLOCK, Runner
@@ -36,6 +36,8 @@ from tables.stages import STAGES
 __all__ = ["CLOCK_TABLE", "register"]
 
 CLOCK_TABLE = CLOCK
+#: Name prefix of Faust's sensor metrics (``faust_*``); deploy/prometheus/alerts.yml uses it.
+FAUST_METRICS_PREFIX = "faust"
 
 
 def register(
@@ -111,15 +113,24 @@ def register(
     app.on_partitions_assigned.connect(rebalanced)
 
     if worker.faust_sensors:
-        from faust.sensors.prometheus import setup_prometheus_sensors
+        # Faust's sensor without its /metrics page (setup_prometheus_sensors adds one on the web
+        # port): every metric is served apart, see below.
+        from faust.sensors.prometheus import FaustMetrics, PrometheusMonitor
 
-        setup_prometheus_sensors(app, registry=metrics.registry, name_prefix="faust")
-    else:
+        faust_metrics = FaustMetrics.create(metrics.registry, FAUST_METRICS_PREFIX)
+        app.monitor = PrometheusMonitor(metrics=faust_metrics)
 
-        @app.page("/metrics")
-        async def metrics_view(web: Any, request: Any) -> Any:
-            body = generate_latest(metrics.registry)
-            return web.bytes(body, content_type=CONTENT_TYPE_LATEST.split(";")[0])
+    if settings.worker_metrics_port:
+
+        @app.task
+        async def serve_metrics() -> None:
+            # Not on the web port: the domain metrics are labelled by tenant, and every tenant's
+            # token holder reaches that port (tenant isolation). A taken port fails the start.
+            from prometheus_client import start_http_server
+
+            start_http_server(
+                settings.worker_metrics_port, settings.bridge_metrics_host, metrics.registry
+            )
 
     register_views(app, runner)
     return runner

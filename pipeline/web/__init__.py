@@ -32,10 +32,13 @@ DASHBOARD = Path(__file__).with_name("static") / "dashboard.html"
 JSON = "application/json"
 NO_STORE = {"Cache-Control": "no-store"}
 # Faust's built-in pages that must not be served: ``/table`` reads any key of any table
-# without authentication (every tenant's data); the production index takes ``/``.
+# without authentication (every tenant's data); ``/router`` lists the cluster's assignment and
+# every worker's URL, unauthenticated (pipeline.web.cluster routes by itself); the production
+# index takes ``/``.
 _DROPPED_BLUEPRINTS = frozenset(
     {"faust.web.apps.tables.blueprint", "faust.web.apps.production_index:blueprint",
-     "faust.web.apps.stats:blueprint", "faust.web.apps.graph:blueprint"}
+     "faust.web.apps.stats:blueprint", "faust.web.apps.graph:blueprint",
+     "faust.web.apps.router:blueprint"}
 )  # fmt: skip
 _registered: weakref.WeakSet[faust.App] = weakref.WeakSet()
 

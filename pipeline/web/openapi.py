@@ -242,9 +242,6 @@ def _paths() -> J:
         "/ready": {"get": {"summary": "Readiness: table recovery finished, no rebalance",
                            "responses": {"200": _json(plain, "Ready"),
                                          "503": _json(plain, "Not ready (reason)")}}},
-        "/metrics": {"get": {"summary": "Prometheus metrics", "responses": {
-            "200": {"description": "Prometheus text format",
-                    "content": {"text/plain": {"schema": STR}}}}}},
         "/openapi.json": {"get": {"summary": "This description",
                                   "responses": {"200": _json(plain, "OpenAPI 3.1")}}},
         "/": {"get": {"summary": "Dashboard (HTML; the token is entered in the page)",

@@ -42,13 +42,31 @@ class PipelineWorker:
     name: str = "worker"
     runs: list[tuple[subprocess.Popen[bytes], Path]] = field(default_factory=list)
     port: int = 0
+    metrics_port: int = 0
 
     @property
     def proc(self) -> subprocess.Popen[bytes]:
         return self.runs[-1][0]
 
     def start(self) -> None:
-        self.port = free_port()
+        self.port, self.metrics_port = free_port(), free_port()
+        log_path = self.log_dir / f"{self.name}-{len(self.runs) + 1}.log"
+        with log_path.open("wb") as log:
+            proc = subprocess.Popen(
+                self.argv(),
+                cwd=REPO_ROOT,
+                env=self.env(),
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+            )
+        self.runs.append((proc, log_path))
+
+    def argv(self) -> list[str]:
+        return [sys.executable, "pipeline.py", "worker", "--loglevel", "info"]
+
+    def env(self) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith("WO_")}
         env.update(
             WO_KAFKA_BOOTSTRAP=self.bootstrap,
@@ -56,22 +74,12 @@ class PipelineWorker:
             WO_DATA_DIR=str(self.data_dir),
             WO_APP_ID=self.app_id,
             WO_WEB_PORT=str(self.port),
+            WO_WORKER_METRICS_PORT=str(self.metrics_port),
             WO_PARTITIONS=str(self.partitions),
             WO_CLOCK="control",
             PYTHONUNBUFFERED="1",
         )
-        log_path = self.log_dir / f"{self.name}-{len(self.runs) + 1}.log"
-        with log_path.open("wb") as log:
-            proc = subprocess.Popen(
-                [sys.executable, "pipeline.py", "worker", "--loglevel", "info"],
-                cwd=REPO_ROOT,
-                env=env,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                start_new_session=True,
-            )
-        self.runs.append((proc, log_path))
+        return env
 
     def log_text(self) -> str:
         return self.runs[-1][1].read_text(errors="replace")
@@ -98,8 +106,9 @@ class PipelineWorker:
     def check_healthy(self) -> None:
         assert self.proc.poll() is None, f"worker died: {self.describe()}"
 
-    async def get(self, path: str) -> Any:
-        url = f"http://127.0.0.1:{self.port}{path}"
+    async def get(self, path: str, *, port: int | None = None) -> Any:
+        """GET ``path`` from the web port (or ``port``): its JSON or text; None unless 200."""
+        url = f"http://127.0.0.1:{port or self.port}{path}"
         try:
             async with (
                 aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5)) as http,
@@ -112,6 +121,10 @@ class PipelineWorker:
                 return await response.text()
         except (aiohttp.ClientError, TimeoutError):
             return None
+
+    async def metrics(self) -> str | None:
+        """The Prometheus text of the worker's metrics port (not the web port)."""
+        return await self.get("/metrics", port=self.metrics_port)
 
     async def status(self) -> dict[str, Any] | None:
         return await self.get("/wo/status/")
