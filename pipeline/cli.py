@@ -339,7 +339,10 @@ def _print_banner(
         w = by_name["worker"]
         rows += [
             ("web", _web_url(settings.web_port)),
-            ("metrics", _web_url(settings.web_port) + "metrics"),
+            (
+                "metrics",
+                f"http://{settings.bridge_metrics_host}:{settings.worker_metrics_port}/metrics",
+            ),
             ("worker", f"pid {w.proc.pid}, log {w.log_path}"),
         ]
     else:

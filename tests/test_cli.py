@@ -290,6 +290,7 @@ def _run_env(marker: str, **extra: str) -> dict[str, str]:
         WO_WEB_TOKENS=f"{SECRET}=tenant_ci",
         WO_BRIDGE_METRICS_PORT=str(free_port()),  # never collide with another bridge
         WO_AUDIT_METRICS_PORT=str(free_port()),
+        WO_WORKER_METRICS_PORT=str(free_port()),
         PYTHONUNBUFFERED="1",
     )
     env.update(extra)
@@ -475,9 +476,12 @@ def test_run_full_pipeline_with_worker(tmp_path: Path, marker: str) -> None:
     """The README's command: embedded servers, streams, Faust worker, simulated traffic."""
     port = free_port()
     data = tmp_path / "data"
-    proc = _start_run(["--web-port", str(port), "--data-dir", str(data)], _run_env(marker))
+    env = _run_env(marker)
+    proc = _start_run(["--web-port", str(port), "--data-dir", str(data)], env)
     banner = "".join(_wait_for_line(proc, "Press Ctrl-C to stop.", timeout=60))
     assert f"web       http://127.0.0.1:{port}/" in banner
+    metrics_url = f"http://127.0.0.1:{env['WO_WORKER_METRICS_PORT']}/metrics"
+    assert f"metrics   {metrics_url}" in banner, banner
     assert re.search(r"worker    pid \d+, log .*worker\.log", banner), banner
 
     # Faust is up once its web server answers and it reports ready (after the group join).
@@ -494,6 +498,8 @@ def test_run_full_pipeline_with_worker(tmp_path: Path, marker: str) -> None:
         assert proc.poll() is None, "run exited early"
         time.sleep(0.5)
     assert status == 200, log.read_text()[-3000:]
+    with urllib.request.urlopen(metrics_url, timeout=5) as resp:  # the URL the banner printed
+        assert b"wo_worker_events_processed_total" in resp.read()
 
     proc.send_signal(signal.SIGTERM)
     out = banner + _finish(proc, timeout=120)
