@@ -28,6 +28,10 @@ from events.semver import try_parse_version
 from events.subjects import is_valid_tenant_id
 
 DEFAULT_MAX_BYTES: Final = 1_048_576
+# JSON nesting the parser accepts. Catalog events nest a few levels; orjson reads 1024 levels
+# but writes only 255, so a deeper event would pass here and then fail every re-serialisation
+# (the audit chain's canonical bytes) over and over, stalling that consumer.
+MAX_DEPTH: Final = 32
 
 
 class ParseReason(StrEnum):
@@ -117,6 +121,15 @@ def _parse(raw: object, max_bytes: int, registry: EventRegistry) -> DomainEvent 
             event_type=event_type,
         )
     spec = registry.lookup(event_type, parsed_version.major)
+    if spec is not None and _deeper_than(obj, MAX_DEPTH):
+        return _error(
+            obj,
+            ParseReason.SCHEMA_VIOLATION,
+            None,
+            f"input nests objects/arrays deeper than {MAX_DEPTH} levels",
+            rule="too_deep",
+            event_type=event_type,
+        )
     if spec is None:
         supported = ", ".join(str(m) for m in registry.majors(event_type))
         return _error(
@@ -130,6 +143,19 @@ def _parse(raw: object, max_bytes: int, registry: EventRegistry) -> DomainEvent 
         return spec.envelope.model_validate(obj)
     except ValidationError as exc:
         return _validation_error(obj, exc, event_type)
+
+
+def _deeper_than(obj: dict[str, Any], limit: int) -> bool:
+    """True if ``obj`` nests dicts/lists more than ``limit`` levels (``obj`` itself is 1)."""
+    stack: list[tuple[Any, int]] = [(obj, 1)]
+    while stack:
+        node, depth = stack.pop()
+        for child in node.values() if isinstance(node, dict) else node:
+            if isinstance(child, dict | list):
+                if depth >= limit:
+                    return True
+                stack.append((child, depth + 1))
+    return False
 
 
 def _json_error(raw: bytes | bytearray | memoryview, exc: orjson.JSONDecodeError) -> ParseError:

@@ -62,6 +62,8 @@ from connectors.kafka_consumer import (
 )
 from events.envelope import DomainEvent
 from events.parsing import ParseError, parse_event
+from events.registry import REGISTRY
+from events.semver import parse_version
 from events.subjects import DOMAIN_TOPICS
 from pipeline.settings import Settings
 from tables.audit_chain import EntryFields, format_ts
@@ -92,13 +94,34 @@ def entry_fields(event: DomainEvent) -> EntryFields:
 
 
 def plainly_not_audited(raw: bytes) -> bool:
-    """True only when unparseable bytes are a JSON object saying ``auditRequired: false``."""
+    """True only when unparseable bytes are a JSON object saying ``auditRequired: false`` and
+    not naming a type the catalog marks "Audit Required: Yes"."""
     try:
         obj = orjson.loads(raw)
     except orjson.JSONDecodeError:
         return False
     meta = obj.get("metadata") if isinstance(obj, dict) else None
-    return isinstance(meta, dict) and meta.get("auditRequired") is False
+    if not (isinstance(meta, dict) and meta.get("auditRequired") is False):
+        return False
+    event_type = obj.get("type")
+    return not (REGISTRY.is_known(event_type) and catalog_requires_audit(event_type))
+
+
+def catalog_requires_audit(event_type: str, major: int | None = None) -> bool:
+    """The catalog's "Audit Required" of a type (any of its majors when ``major`` is None)."""
+    if major is not None:
+        spec = REGISTRY.lookup(event_type, major)
+        return spec is not None and spec.audit_required
+    return any(s.audit_required for s in REGISTRY.specs() if s.event_type == event_type)
+
+
+def must_audit(event: DomainEvent) -> bool:
+    """The envelope's ``auditRequired`` or the catalog's requirement for its type: a producer's
+    ``false`` on a type the catalog marks "Audit Required: Yes" (a bug, or a way around the
+    trail) does not keep a regulated record out of the audit trail."""
+    if event.metadata.auditRequired:
+        return True
+    return catalog_requires_audit(event.type, parse_version(event.version).major)
 
 
 @dataclass(slots=True)
@@ -259,9 +282,16 @@ class AuditWriter:
         parsed = parse_event(raw, max_bytes=self._settings.max_payload_bytes)
         if isinstance(parsed, ParseError):
             return None if plainly_not_audited(raw) else Fault.from_parse_error(parsed)
-        if not parsed.metadata.auditRequired:
+        if not must_audit(parsed):
             return None
-        return entry_fields(parsed)
+        try:
+            return entry_fields(parsed)
+        except (TypeError, ValueError) as exc:
+            # e.g. a value orjson cannot write back: a dead letter, not a batch retried forever
+            return Fault("UNSERIALIZABLE", rule=type(exc).__name__,
+                         detail="event cannot be written canonically",
+                         event_id=parsed.id, event_type=parsed.type,
+                         tenant_id=parsed.tenantId)  # fmt: skip
 
     def _letter(
         self, record: ConsumerRecord, first_seen: str, fault: Fault, attempts: int

@@ -346,3 +346,66 @@ async def test_tampering_is_reported_in_an_integrity_event_on_nats(
     entry_ids = {link["entryId"] for link in broken["brokenLinks"]}
     assert {tampered[3], tampered[7]} <= entry_ids
     assert all(link["expectedHash"] != link["actualHash"] for link in broken["brokenLinks"])
+
+
+# -- what the writer audits (pure; no servers) ---------------------------------------------------
+
+
+def _classifier() -> AuditWriter:
+    # _classify reads nothing but the settings; the other parts are never touched here
+    settings = Settings(kafka_bootstrap="127.0.0.1:1")
+    return AuditWriter(settings, store=None, js=None, metrics=None, stop=asyncio.Event())  # type: ignore[arg-type]
+
+
+def _record(value: bytes) -> Any:
+    from aiokafka import ConsumerRecord
+
+    return ConsumerRecord("wo.workorder", 0, 7, 0, 0, b"k", value, None, len(b"k"), len(value), ())
+
+
+def test_a_false_flag_does_not_keep_a_catalog_audited_type_out_of_the_trail() -> None:
+    from events.factory import make_event
+    from pipeline.audit_writer import plainly_not_audited
+    from tables.audit_chain import EntryFields
+    from tests.bridge_testkit import status_event
+
+    writer = _classifier()
+    event = status_event("tenant_x", str(uuid.uuid4()), 1)
+    flagged_off = event.model_copy(
+        update={"metadata": event.metadata.model_copy(update={"auditRequired": False})}
+    )
+    raw = flagged_off.canonical_bytes()
+    assert b'"auditRequired":false' in raw
+    # catalog 2.2: "Audit Required: Yes" -> audited whatever the flag says
+    assert isinstance(writer._classify(_record(raw)), EntryFields)
+    # a type the catalog does not audit, flagged false: skipped
+    progress = make_event(
+        "work_order.master_progress_updated",
+        {"masterId": str(uuid.uuid4()), "totalChildren": 1, "completedChildren": 0,
+         "blockedChildren": 0, "inProgressChildren": 1, "progressPercent": 0.0,
+         "lastChangedChildId": str(uuid.uuid4())},
+        tenant_id="tenant_x", audit_required=False,
+    )  # fmt: skip
+    assert writer._classify(_record(progress.canonical_bytes())) is None
+    # unparseable bytes: skipped only when neither the flag nor the type asks for an entry
+    broken = raw.replace(b'"version":"1.0"', b'"version":"9.0"')
+    assert not plainly_not_audited(broken)
+    assert writer._classify(_record(broken)).reason == "UNSUPPORTED_VERSION"
+    assert plainly_not_audited(b'{"metadata":{"auditRequired":false},"type":"bogus"}')
+
+
+def test_an_event_that_cannot_be_written_canonically_is_a_fault_not_a_retry_loop(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A raise in handle_batch re-reads the same batch forever; a Fault is dead-lettered (P0).
+    import pipeline.audit_writer as module
+    from tests.bridge_testkit import status_event
+
+    def unwritable(event: Any) -> Any:
+        raise TypeError("Recursion limit reached")
+
+    monkeypatch.setattr(module, "entry_fields", unwritable)
+    event = status_event("tenant_x", str(uuid.uuid4()), 1)
+    fault = _classifier()._classify(_record(event.canonical_bytes()))
+    assert fault.reason == "UNSERIALIZABLE" and fault.event_id == event.id
+    assert fault.tenant_id == "tenant_x" and "Recursion" not in (fault.detail or "")

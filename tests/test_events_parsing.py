@@ -431,3 +431,26 @@ def test_arbitrary_values_in_any_field_never_raise(path: str, value: Any) -> Non
         return
     result = parse_event(raw)
     assert isinstance(result, ParseError | DomainEvent)
+
+
+def _nested(where: str, depth: int) -> bytes:
+    """The sample with ``depth`` nested arrays at ``where`` (by hand: orjson writes <= 255)."""
+    nested = b"[" * depth + b'"x"' + b"]" * depth
+    return _with(where, "__nested__").replace(b'"__nested__"', nested)
+
+
+@pytest.mark.parametrize("where", ["extraField", "data.extraField"])
+def test_nesting_deeper_than_the_limit_is_rejected_with_its_ids(where: str) -> None:
+    # orjson writes at most 255 levels: deeper input would be accepted and then fail every
+    # re-serialisation downstream (the audit writer's canonical bytes), stalling that consumer.
+    from events.canonical import canonical_bytes
+    from events.parsing import MAX_DEPTH
+
+    event = _sample()
+    for depth in (300, MAX_DEPTH + 1):
+        error = _rejected(_nested(where, depth))
+        assert (error.reason, error.rule) == (ParseReason.SCHEMA_VIOLATION, "too_deep")
+        assert error.event_id == event["id"] and error.tenant_id == event["tenantId"]
+    shallow = parse_event(_nested(where, MAX_DEPTH - 3))  # within the limit: accepted
+    assert isinstance(shallow, DomainEvent)
+    canonical_bytes(shallow)  # and it can be written again
