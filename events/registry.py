@@ -272,3 +272,18 @@ def current_version(event_type: str) -> str:
 def event_types() -> tuple[str, ...]:
     """All registered event types, sorted."""
     return REGISTRY.event_types()
+
+
+def requires_audit(event: DomainEvent) -> bool:
+    """Whether ``event`` belongs in the audit trail: its ``metadata.auditRequired``, or the
+    catalog's "Audit Required: Yes" for its type and major. A producer's ``false`` on such a
+    type (a bug, or a way around the trail) does not keep a regulated record out of it."""
+    if event.metadata.auditRequired:
+        return True
+    spec = REGISTRY.lookup(event.type, parse_version(event.version).major)
+    return spec is not None and spec.audit_required
+
+
+def type_requires_audit(event_type: object) -> bool:
+    """The catalog's "Audit Required" of a type name, in any of its majors (False if unknown)."""
+    return any(s.audit_required for s in REGISTRY.specs() if s.event_type == event_type)

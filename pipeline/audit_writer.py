@@ -4,8 +4,9 @@ A Kafka consumer group over the six domain topics (derived events come back thro
 ingress, so they are there too). Per ``getmany`` batch:
 
 1. parse each record (``events.parsing``); events with ``metadata.auditRequired: false`` are
-   passed over; a record that cannot be parsed is dead-lettered unless its JSON plainly says
-   ``auditRequired: false``;
+   passed over unless the catalog marks their type "Audit Required: Yes"
+   (``events.registry.requires_audit``); a record that cannot be parsed is dead-lettered unless
+   its JSON plainly says ``auditRequired: false`` for a type the catalog does not audit;
 2. append the audit-required ones in ONE transaction, idempotent by (tenant, event id), so a
    redelivered event appends nothing; a tenant's chain order is the order of commit (Kafka
    order within each partition);
@@ -62,8 +63,7 @@ from connectors.kafka_consumer import (
 )
 from events.envelope import DomainEvent
 from events.parsing import ParseError, parse_event
-from events.registry import REGISTRY
-from events.semver import parse_version
+from events.registry import requires_audit, type_requires_audit
 from events.subjects import DOMAIN_TOPICS
 from pipeline.settings import Settings
 from tables.audit_chain import EntryFields, format_ts
@@ -103,25 +103,7 @@ def plainly_not_audited(raw: bytes) -> bool:
     meta = obj.get("metadata") if isinstance(obj, dict) else None
     if not (isinstance(meta, dict) and meta.get("auditRequired") is False):
         return False
-    event_type = obj.get("type")
-    return not (REGISTRY.is_known(event_type) and catalog_requires_audit(event_type))
-
-
-def catalog_requires_audit(event_type: str, major: int | None = None) -> bool:
-    """The catalog's "Audit Required" of a type (any of its majors when ``major`` is None)."""
-    if major is not None:
-        spec = REGISTRY.lookup(event_type, major)
-        return spec is not None and spec.audit_required
-    return any(s.audit_required for s in REGISTRY.specs() if s.event_type == event_type)
-
-
-def must_audit(event: DomainEvent) -> bool:
-    """The envelope's ``auditRequired`` or the catalog's requirement for its type: a producer's
-    ``false`` on a type the catalog marks "Audit Required: Yes" (a bug, or a way around the
-    trail) does not keep a regulated record out of the audit trail."""
-    if event.metadata.auditRequired:
-        return True
-    return catalog_requires_audit(event.type, parse_version(event.version).major)
+    return not type_requires_audit(obj.get("type"))
 
 
 @dataclass(slots=True)
@@ -282,7 +264,7 @@ class AuditWriter:
         parsed = parse_event(raw, max_bytes=self._settings.max_payload_bytes)
         if isinstance(parsed, ParseError):
             return None if plainly_not_audited(raw) else Fault.from_parse_error(parsed)
-        if not must_audit(parsed):
+        if not requires_audit(parsed):
             return None
         try:
             return entry_fields(parsed)

@@ -13,7 +13,8 @@ also comes back through the NATS mirror. Late events are reported, not counted.
 Table ``wo_compliance``, key ``{tenant}:{workOrderId}`` (approvals repartitioned from their
 approvalId key): ``apply_summary`` keeps what the pipeline observed for the work order, in the
 shape of ``work_order.closed.complianceSummary``: auditEntries = distinct events about the
-order with metadata.auditRequired (the closed event itself excluded), signatures = distinct
+order the audit trail holds (``events.registry.requires_audit``: the flag, or the catalog's
+"Audit Required" for the type; the closed event itself excluded), signatures = distinct
 signatureIds (decisions and verifications), deviations = distinct violationIds, capaRequired =
 any violation of severity >= HIGH. On ``work_order.closed`` the reported summary is compared
 with it; a difference derives a MEDIUM §11.10(e) violation (``policy.summary_mismatch``). This
@@ -31,6 +32,7 @@ from pydantic import BaseModel, ConfigDict
 from events.envelope import DomainEvent
 from events.ids import unix_ms
 from events.payloads.workorder import ComplianceSummary
+from events.registry import requires_audit
 from tables import policy
 from tables.base import Result, TableState, admit, clone, is_own, make_key, split_key
 from tables.config import DEFAULT_CONFIG, TenantConfig
@@ -214,7 +216,7 @@ def apply_summary(
             if found is not None:
                 cause = Cause.of(event)
                 derived += policy.emit(cause, st.workOrderId, found, key=f"{wo}:summary")
-    elif event.metadata.auditRequired:
+    elif requires_audit(event):  # what the audit trail holds for it (events.registry)
         st.auditEntries += 1
     signature = getattr(data, "signatureId", None)
     if event.type in ("approval.decision_submitted", "compliance.signature_verified"):

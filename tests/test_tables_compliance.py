@@ -220,6 +220,19 @@ def test_summary_matching_the_stream_passes() -> None:
     assert s.feed(done) == []
 
 
+def test_summary_counts_what_the_audit_trail_holds_whatever_the_flag_says() -> None:
+    # catalog 2.2 marks status_changed "Audit Required: Yes": a producer's auditRequired false
+    # does not keep it out of the trail (events.registry.requires_audit), nor out of this count
+    s, wo = Summary(), uid()
+    history = _history(wo)
+    history[1] = history[1].model_copy(
+        update={"metadata": history[1].metadata.model_copy(update={"auditRequired": False})}
+    )
+    for event in history:
+        s.feed(event)
+    assert s.states[make_key(TENANT, wo)].summary().auditEntries == 5
+
+
 def test_summary_differing_from_the_stream_is_a_violation() -> None:
     s, wo = Summary(), uid()
     for event in _history(wo):
