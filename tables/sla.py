@@ -5,12 +5,13 @@ the schedule (scheduledStart/End from ``created``, changed by ``updated``), the 
 (``estimatedDurationHours`` from ``updated`` or ``completed``), the status and the completion.
 On ``work_order.completed`` it emits ``work_order.sla_breached``:
 
-* DURATION_OVERRUN when the event's variancePercent exceeds the tenant threshold (default 20),
-  right away;
-* LATE_COMPLETION when completedAt > scheduledEnd. This needs the schedule: if ``created`` has
-  not arrived yet, the completion waits for it (up to ``schedule_grace``, then ``tick``
-  evaluates it without one). The breach is derived from the stored completion, so its id is the
-  same whichever of the two arrived first.
+* DURATION_OVERRUN when the event's variancePercent exceeds the tenant threshold (default 20);
+* LATE_COMPLETION when completedAt > scheduledEnd.
+
+Both carry the schedule (scheduledEnd, masterId), so both wait for it: if ``created`` has not
+arrived yet, the completion waits (up to ``schedule_grace``, then ``tick`` evaluates it
+without one). Breaches are derived from the stored completion and schedule, so id and payload
+are the same whichever of the two arrived first.
 
 Once evaluated, the completion is forwarded as an ``SlaOutcome`` to stage 2. ``tick`` (timer,
 injected ``now``) emits OVERDUE_OPEN once per work order when an open order passes its
@@ -189,8 +190,6 @@ def apply(
             cause=Cause.of(event),
         )
         st.estimatedHours = data.estimatedDurationHours
-        if data.variancePercent > config.duration_overrun_percent:
-            derived.append(_breach(st, SlaBreachType.DURATION_OVERRUN))
     if st.completion is not None and not st.evaluated and st.scheduleKnown:
         _evaluate(st, derived, forwards, config)
     return Result(st, derived=tuple(derived), forwards=tuple(forwards))
@@ -275,6 +274,11 @@ def _evaluate(
     if completion is None:
         raise ValueError("nothing to evaluate")
     st.evaluated = True
+    # Both breaches carry scheduledEnd and masterId, so both wait for the schedule like this:
+    # derived at completion, a DURATION_OVERRUN's payload depended on whether created had
+    # arrived yet, under the same id.
+    if completion.variancePercent > config.duration_overrun_percent:
+        derived.append(_breach(st, SlaBreachType.DURATION_OVERRUN))
     on_time = None if st.scheduledEnd is None else completion.completedAt <= st.scheduledEnd
     if on_time is False:
         derived.append(_breach(st, SlaBreachType.LATE_COMPLETION))
