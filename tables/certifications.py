@@ -25,6 +25,10 @@ with a CAPA request), whichever of assignment and certification arrives first, o
 (work order, certification, expiry). We do not know which certification a work order needs,
 so every certification of the person is checked.
 
+Assignments of closed work orders are forgotten once closed for longer than the dedup horizon
+(7 days), so a person's value holds their open work and a week of history, not every work
+order they ever had.
+
 ``resource.tool_calibration_due`` links tools to affected work orders too; it needs the work
 order's scheduledEnd, so it is fanned out to work-order keys and checked in ``tables.policy``.
 """
@@ -120,6 +124,7 @@ class Assignment(BaseModel):
     open: bool
     revision: int
     flagged: list[str] = []  # "{experienceId}@{expiry}" already reported as a violation
+    closedAt: datetime | None = None  # processing time it was seen closed (pruned later)
 
 
 class PersonCertifications(TableState):
@@ -232,6 +237,7 @@ def apply_person(
                 open=item.open,
                 revision=item.revision,
                 flagged=[] if known is None else known.flagged,
+                closedAt=None if item.open else now,
             )
             for experience in sorted(st.certs):
                 derived += _check(st, item.workOrderId, experience, item.cause)
@@ -252,7 +258,24 @@ def apply_person(
             )
             for wo in sorted(st.assignments):
                 derived += _check(st, wo, data.experienceId, Cause.of(item))
+    _prune_closed(st, now, config)
     return Result(st, derived=tuple(derived))
+
+
+def _prune_closed(st: PersonCertifications, now: datetime, config: TenantConfig) -> None:
+    """Forget assignments closed longer than the dedup horizon: a person's value would
+    otherwise keep every work order they ever worked on. A closed one is kept that long so an
+    older fact arriving late (a lower revision) is still recognised and dropped."""
+    expired = []
+    for wo, a in st.assignments.items():
+        if a.open:
+            continue
+        if a.closedAt is None:  # stored before closedAt existed: its horizon starts now
+            a.closedAt = now
+        elif now - a.closedAt > config.dedup_horizon:
+            expired.append(wo)
+    for wo in expired:
+        del st.assignments[wo]
 
 
 def tick(

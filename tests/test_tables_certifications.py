@@ -208,3 +208,20 @@ def test_states_and_facts_round_trip_as_plain_json() -> None:
     d.tick(EXPIRY - days(29))
     for state in [*d.orders.values(), *d.people.values()]:
         assert type(state).from_dict(state.to_dict()) == state
+
+
+def test_closed_assignments_are_forgotten_after_the_dedup_horizon() -> None:
+    d = Driver()
+    orders = [uid() for _ in range(50)]
+    for wo in orders:
+        d.feed(assigned(wo, PERSON, at=T0, end=EXPIRY - days(1)))
+        d.feed(closed(wo, at=T0 + hours(1)))
+    kept = d.person().assignments
+    assert len(kept) == 50 and not any(a.open for a in kept.values())
+    # within the horizon the tombstones stay: an older fact arriving late is still dropped
+    d.feed(certification(PERSON, EXPERIENCE, EXPIRY, at=T0 + days(3)))
+    assert len(d.person().assignments) == 50
+    open_wo = uid()
+    d.feed(assigned(open_wo, PERSON, at=T0 + days(8), end=EXPIRY - days(1)))
+    assert list(d.person().assignments) == [open_wo]  # the closed ones are gone, the open stays
+    assert d.person().certs[EXPERIENCE].expirationDate == EXPIRY
