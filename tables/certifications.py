@@ -21,9 +21,11 @@ affectedWorkOrders = the person's open work orders scheduled to end after
 
 A person assigned to an open work order that ends after one of their certifications expires
 gets a ``compliance.violation_detected`` right away (``policy.expired_certification``; HIGH, so
-with a CAPA request), whichever of assignment and certification arrives first, once per
-(work order, certification, expiry). We do not know which certification a work order needs,
-so every certification of the person is checked.
+with a CAPA request), once per (work order, certification, expiry). "Open" is judged by event
+time (``_check``): assignment, certification and the order's completion travel on different
+topics and may arrive in any order, and every order gives the same violation, id included.
+We do not know which certification a work order needs, so every certification of the person is
+checked.
 
 Assignments of closed work orders are forgotten once closed for longer than the dedup horizon
 (7 days), so a person's value holds their open work and a week of history, not every work
@@ -85,6 +87,7 @@ class Assignee(BaseModel):
 
     scheduledEnd: datetime
     stamp: Stamp
+    cause: Cause | None = None  # the resource.assigned event (None: stored before it was kept)
 
 
 class WorkOrderAssignees(TableState):
@@ -105,6 +108,10 @@ class AssignmentFact(Fact):
     open: bool
     revision: int
     cause: Cause
+    # The assignment event, and the stamp of the status that closed the order (None: open):
+    # what the expired-certification check judges by, whatever order things arrive in.
+    assignedCause: Cause | None = None
+    closedStamp: Stamp | None = None
 
 
 class Certification(BaseModel):
@@ -125,6 +132,8 @@ class Assignment(BaseModel):
     revision: int
     flagged: list[str] = []  # "{experienceId}@{expiry}" already reported as a violation
     closedAt: datetime | None = None  # processing time it was seen closed (pruned later)
+    assignedCause: Cause | None = None  # see AssignmentFact
+    closedStamp: Stamp | None = None
 
 
 class PersonCertifications(TableState):
@@ -180,7 +189,9 @@ def apply_work_order(
             return Result(st)
         known = st.persons.get(data.resourceId)
         if known is None or newer(stamp, known.stamp):
-            st.persons[data.resourceId] = Assignee(scheduledEnd=data.scheduledEnd, stamp=stamp)
+            st.persons[data.resourceId] = Assignee(
+                scheduledEnd=data.scheduledEnd, stamp=stamp, cause=cause
+            )
             targets = [data.resourceId]
     else:
         status = status_of(event)
@@ -204,6 +215,8 @@ def _assignment(st: WorkOrderAssignees, person: str, cause: Cause) -> Forward:
         open=is_open(st.status),
         revision=st.revision,
         cause=cause,
+        assignedCause=st.persons[person].cause,
+        closedStamp=None if is_open(st.status) else st.statusStamp,
     )
     return Forward(PERSON_STAGE, make_key(st.tenant, person), fact)
 
@@ -238,6 +251,8 @@ def apply_person(
                 revision=item.revision,
                 flagged=[] if known is None else known.flagged,
                 closedAt=None if item.open else now,
+                assignedCause=item.assignedCause,
+                closedStamp=item.closedStamp,
             )
             for experience in sorted(st.certs):
                 derived += _check(st, item.workOrderId, experience, item.cause)
@@ -317,12 +332,31 @@ def tick(
 
 
 def _check(st: PersonCertifications, wo: str, experience: str, cause: Cause) -> list[DomainEvent]:
+    """The expired-certification rule for one (assignment, certification) pair.
+
+    Judged by event time, not arrival: the pair is a violation if the certification expires
+    before the order's scheduledEnd and the later of the assignment and the certification
+    record happened while the order was open (before the status that closed it). That is what
+    processing in event-time order would report, and the violation is caused by that later
+    event, so it is the same event, id included, in every arrival order across the topics.
+    One exception, as the rule says "right away": a record stamped after the order closed but
+    delivered before the closing status still finds the order open and is reported.
+    """
     assignment, cert = st.assignments[wo], st.certs[experience]
     flag = f"{experience}@{cert.expirationDate.isoformat()}"
-    if not assignment.open or flag in assignment.flagged:
+    if flag in assignment.flagged or not cert.expirationDate < assignment.scheduledEnd:
         return []
-    if not cert.expirationDate < assignment.scheduledEnd:
-        return []
+    assigned = assignment.assignedCause
+    if assigned is None:  # stored before assignments kept their cause: openness as last seen
+        if not assignment.open:
+            return []
+    else:
+        assigned_stamp = (assigned.timestamp, assigned.id)
+        later = max(assigned_stamp, cert.stamp)
+        closed = assignment.closedStamp
+        if closed is not None and later >= tuple(closed):
+            return []
+        cause = cert.cause if cert.stamp > assigned_stamp else assigned
     assignment.flagged.append(flag)
     violation = policy.expired_certification(
         person=st.personId,

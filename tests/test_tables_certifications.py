@@ -225,3 +225,36 @@ def test_closed_assignments_are_forgotten_after_the_dedup_horizon() -> None:
     d.feed(assigned(open_wo, PERSON, at=T0 + days(8), end=EXPIRY - days(1)))
     assert list(d.person().assignments) == [open_wo]  # the closed ones are gone, the open stays
     assert d.person().certs[EXPERIENCE].expirationDate == EXPIRY
+
+
+def test_the_expired_certification_check_is_the_same_in_every_arrival_order() -> None:
+    # Assignment (resource topic), certification record (resource, another key) and completion
+    # (workorder topic) may arrive in any order: the result is what event-time order gives,
+    # id and payload included. A violation iff the later of assignment and record happened
+    # while the order was open.
+    from itertools import permutations
+
+    from tables.stages import BY_NAME
+    from tests.tables_testkit import MiniPipeline, completed
+
+    stages = [BY_NAME["wo_assignees"], BY_NAME["person_certs"]]
+    for cert_at, expect in ((T0 - days(300), True), (T0 + hours(1), True),
+                            (T0 + days(5), False)):  # fmt: skip
+        wo = uid()
+        record = certification(PERSON, EXPERIENCE, T0 + days(2), at=cert_at)  # expires in 2 d
+        done = completed(wo, at=T0 + days(4))
+        events = [record, assigned(wo, PERSON, at=T0, end=T0 + days(5)), done]  # ends in 5 d
+        outputs = set()
+        for order in permutations(events):
+            if cert_at > done.timestamp and order.index(record) < order.index(done):
+                # A record stamped after the completion but delivered before it: decided
+                # "right away" while the order still looked open (documented in _check).
+                continue
+            pipeline = MiniPipeline(stages=stages, mirror=False)
+            out: list[DomainEvent] = []
+            for event in order:
+                out += pipeline.feed(event, T0 + days(6))
+            outputs.add(tuple(sorted(e.canonical_bytes() for e in out)))
+        assert len(outputs) == 1, cert_at
+        [out_bytes] = outputs
+        assert (len(out_bytes) == 2) is expect, cert_at  # violation + CAPA request, or nothing
