@@ -524,13 +524,17 @@ def _expire_pending(st: PolicyState, now: datetime, config: TenantConfig) -> int
 
 
 def _check_calibrations(st: PolicyState, derived: list[DomainEvent]) -> None:
+    # Judged by event time: a calibration notice counts if it was issued while the order was
+    # open, even when the completion (another topic) arrived first; one issued after the
+    # order closed does not.
     end = st.scheduledEnd
-    if end is None or not is_open(st.status):
+    if end is None:
         return
+    closed = None if is_open(st.status) else st.statusStamp
     for tool in sorted(st.calibrations):
         cal = st.calibrations[tool]
         flag = f"{tool}@{cal.dueDate.isoformat()}"
-        if flag in st.flagged:
+        if flag in st.flagged or (closed is not None and tuple(cal.stamp) >= tuple(closed)):
             continue
         v = calibration_before_end(tool, cal.dueDate, end, cal.autoGenerateWO)
         if v is not None:
