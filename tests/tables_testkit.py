@@ -381,3 +381,28 @@ class MiniPipeline:
         for e in produced:
             more += self._mirror_all(e, now)
         return more
+
+
+def arrival_outputs(
+    stages: Iterable[Stage],
+    events: list[DomainEvent],
+    now: datetime,
+    *,
+    ahead: tuple[DomainEvent, DomainEvent] | None = None,
+) -> set[tuple[bytes, ...]]:
+    """What ``events`` derive fed in every arrival order, each as the sorted canonical bytes of
+    its derived events: one element when the order does not matter. ``ahead=(a, b)`` leaves out
+    the orders in which ``a``, stamped after ``b``, is delivered before ``b`` (rules that must
+    decide "right away" cannot know ``b`` yet)."""
+    outputs = set()
+    for order in itertools.permutations(events):
+        if ahead is not None:
+            a, b = ahead
+            if a.timestamp > b.timestamp and order.index(a) < order.index(b):
+                continue
+        pipeline = MiniPipeline(stages=stages, mirror=False)
+        out: list[DomainEvent] = []
+        for event in order:
+            out += pipeline.feed(event, now)
+        outputs.add(tuple(sorted(e.canonical_bytes() for e in out)))
+    return outputs
