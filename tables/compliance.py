@@ -16,16 +16,21 @@ shape of ``work_order.closed.complianceSummary``: auditEntries = distinct events
 order the audit trail holds (``events.registry.requires_audit``: the flag, or the catalog's
 "Audit Required" for the type; the closed event itself excluded), signatures = distinct
 signatureIds (decisions and verifications), deviations = distinct violationIds, capaRequired =
-any violation of severity >= HIGH. On ``work_order.closed`` the reported summary is compared
-with it; a difference derives a MEDIUM §11.10(e) violation (``policy.summary_mismatch``). This
-table is fed from ``wo.derived`` too (the pipeline's own violations are deviations it observed).
+any violation of severity >= HIGH. ``work_order.closed``'s reported summary is compared, by
+``tick`` once ``close_grace`` (1 h) of event time has passed after the close, with what was
+observed *before the close in event time* (``Observed``: each counted item keeps its event
+time): events of the order travel on several topics, and an approval stamped before the close
+can be delivered after it. A difference derives a MEDIUM §11.10(e) violation
+(``policy.summary_mismatch``) caused by the closed event, so its id is the same in every
+arrival order. This table is fed from ``wo.derived`` too (the pipeline's own violations are
+deviations it observed).
 """
 
 from __future__ import annotations
 
 from datetime import datetime
 from functools import partial
-from typing import Final
+from typing import Final, Literal
 
 from pydantic import BaseModel, ConfigDict
 
@@ -93,6 +98,29 @@ class ComplianceWindows(TableState):
         return self.windows.get(name, {}).get(spec.start_of(unix_ms(at)), ComplianceAggregate())
 
 
+class Observed(BaseModel):
+    """One counted item with its event time, for the summary as of the close."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    kind: Literal["audit", "signature", "violation"]
+    id: str  # event id (audit), signatureId, violationId
+    at: datetime  # event time of the event that brought it
+    eventId: str
+    causationId: str | None = None
+    capa: bool = False  # violation of severity >= HIGH
+
+
+class Closing(BaseModel):
+    """A close waiting for its summary check (``tick``)."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    reported: ComplianceSummary
+    cause: Cause
+    arrivedAt: datetime  # the processing clock when the close was applied
+
+
 class WorkOrderCompliance(TableState):
     """What the pipeline observed for one work order (see the module docstring)."""
 
@@ -101,6 +129,37 @@ class WorkOrderCompliance(TableState):
     signatures: list[str] = []
     violations: list[str] = []
     capaRequired: bool = False
+    # Since this field exists every item is kept with its event time; older values count all.
+    tracked: bool = False
+    observed: list[Observed] = []
+    closing: Closing | None = None
+    closeChecked: bool = False
+
+    def next_deadline(self, config: TenantConfig = DEFAULT_CONFIG) -> datetime | None:
+        """The close check's time: ``close_grace`` after the close, in event time and after
+        it was applied (a backlog replays hours of event time in seconds)."""
+        if self.closing is None or self.closeChecked:
+            return None
+        closing = self.closing
+        return max(closing.cause.timestamp, closing.arrivedAt) + config.close_grace
+
+    def summary_before(self, close: Cause) -> ComplianceSummary:
+        """The summary of the items observed before ``close`` in event time (not the close
+        itself, nor what it caused)."""
+        if not self.tracked:
+            return self.summary()
+        items = [
+            o
+            for o in self.observed
+            if o.eventId != close.id and o.causationId != close.id and o.at <= close.timestamp
+        ]
+        violations = [o for o in items if o.kind == "violation"]
+        return ComplianceSummary(
+            auditEntries=sum(1 for o in items if o.kind == "audit"),
+            signatures=len({o.id for o in items if o.kind == "signature"}),
+            deviations=len({o.id for o in violations}),
+            capaRequired=any(o.capa for o in violations),
+        )
 
     def summary(self) -> ComplianceSummary:
         return ComplianceSummary(
@@ -201,29 +260,57 @@ def apply_summary(
 ) -> Result[WorkOrderCompliance]:
     """Observe one event about the work order; check the summary when it is closed."""
     _, wo = split_key(key)
-    fresh = partial(WorkOrderCompliance, tenant=event.tenantId, workOrderId=wo or "")
+    fresh = partial(WorkOrderCompliance, tenant=event.tenantId, workOrderId=wo or "", tracked=True)
     st, duplicate = admit(state, fresh, key, event.tenantId, event.id, now, config.dedup_horizon)
     if duplicate:
         return Result(st, duplicate=True)
     if policy.work_order_of(event) != st.workOrderId:
         return Result(st)
 
-    derived: list[DomainEvent] = []
     data = event.data
+    seen = partial(Observed, at=event.timestamp, eventId=event.id, causationId=event.causationId)
     if event.type == CLOSED:
-        if not is_own(event):
-            found = policy.summary_mismatch(data.complianceSummary, st.summary())
-            if found is not None:
-                cause = Cause.of(event)
-                derived += policy.emit(cause, st.workOrderId, found, key=f"{wo}:summary")
+        if not is_own(event) and st.closing is None:
+            st.closing = Closing(
+                reported=data.complianceSummary, cause=Cause.of(event), arrivedAt=now
+            )
     elif requires_audit(event):  # what the audit trail holds for it (events.registry)
         st.auditEntries += 1
+        _observe(st, seen(kind="audit", id=event.id))
     signature = getattr(data, "signatureId", None)
     if event.type in ("approval.decision_submitted", "compliance.signature_verified"):
-        if signature is not None and signature not in st.signatures:
-            st.signatures.append(signature)
+        if signature is not None:
+            if signature not in st.signatures:
+                st.signatures.append(signature)
+            _observe(st, seen(kind="signature", id=signature))
     if event.type == "compliance.violation_detected":
         if data.violationId not in st.violations:
             st.violations.append(data.violationId)
-        st.capaRequired = st.capaRequired or policy.needs_capa(data.severity)
+        capa = policy.needs_capa(data.severity)
+        st.capaRequired = st.capaRequired or capa
+        _observe(st, seen(kind="violation", id=data.violationId, capa=capa))
+    return Result(st)
+
+
+def tick_summary(
+    state: WorkOrderCompliance, now: datetime, *, config: TenantConfig = DEFAULT_CONFIG
+) -> Result[WorkOrderCompliance]:
+    """Timer: the close's summary check once ``close_grace`` has passed after the close."""
+    deadline = state.next_deadline(config)
+    if deadline is None or now < deadline or state.closing is None:
+        return Result(state)
+    st = clone(state)
+    st.closeChecked = True
+    closing = state.closing
+    found = policy.summary_mismatch(closing.reported, st.summary_before(closing.cause))
+    if found is None:
+        return Result(st)
+    derived = policy.emit(closing.cause, st.workOrderId, found, key=f"{st.workOrderId}:summary")
     return Result(st, derived=tuple(derived))
+
+
+def _observe(st: WorkOrderCompliance, item: Observed) -> None:
+    if st.tracked:
+        # kept in event-time order, so the stored value does not depend on arrival order
+        st.observed.append(item)
+        st.observed.sort(key=lambda o: (o.at, o.kind, o.id, o.eventId))

@@ -25,6 +25,9 @@ class TenantConfig:
     dedup_horizon: how long applied ids are remembered (catalog §1.4 retention).
     schedule_grace: how long a completion waits for its work order's schedule (created may
         arrive after completed) before it is evaluated without one.
+    close_grace: how long after ``work_order.closed`` (event time) its complianceSummary is
+        checked, so events stamped before the close but delivered after it (other topics)
+        are counted.
     sla_windows / compliance_windows: tumbling windows of the per-tenant aggregates; the
         largest one shards the table (``tables.windows``), the others must divide it.
     """
@@ -34,6 +37,7 @@ class TenantConfig:
     certification_horizon: timedelta = timedelta(days=7)
     dedup_horizon: timedelta = DEDUP_HORIZON
     schedule_grace: timedelta = timedelta(hours=1)
+    close_grace: timedelta = timedelta(hours=1)
     sla_windows: tuple[WindowSpec, ...] = (
         WindowSpec("1h", timedelta(hours=1), _30_DAYS),
         WindowSpec("1d", timedelta(days=1), _30_DAYS),

@@ -136,6 +136,8 @@ STAGES: tuple[Stage, ...] = (
         compliance.route_summary,
         (),
         compliance.apply_summary,
+        compliance.tick_summary,
+        lambda st, config: st.next_deadline(config),
         derived_inputs=True,
     ),
 )

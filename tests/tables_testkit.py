@@ -389,11 +389,12 @@ def arrival_outputs(
     now: datetime,
     *,
     ahead: tuple[DomainEvent, DomainEvent] | None = None,
+    tick: datetime | None = None,
 ) -> set[tuple[bytes, ...]]:
     """What ``events`` derive fed in every arrival order, each as the sorted canonical bytes of
     its derived events: one element when the order does not matter. ``ahead=(a, b)`` leaves out
     the orders in which ``a``, stamped after ``b``, is delivered before ``b`` (rules that must
-    decide "right away" cannot know ``b`` yet)."""
+    decide "right away" cannot know ``b`` yet); ``tick``: run the timers at that time last."""
     outputs = set()
     for order in itertools.permutations(events):
         if ahead is not None:
@@ -404,5 +405,7 @@ def arrival_outputs(
         out: list[DomainEvent] = []
         for event in order:
             out += pipeline.feed(event, now)
+        if tick is not None:
+            out += pipeline.tick(tick)
         outputs.add(tuple(sorted(e.canonical_bytes() for e in out)))
     return outputs

@@ -193,6 +193,19 @@ class Summary:
             out += result.derived
         return out
 
+    def tick(self, now: datetime) -> list[DomainEvent]:
+        out: list[DomainEvent] = []
+        for key, state in list(self.states.items()):
+            result = compliance.tick_summary(state, now, config=CONFIG)
+            self.states[key] = result.state
+            out += result.derived
+        return out
+
+    def close(self, event: DomainEvent) -> list[DomainEvent]:
+        """Feed a close, then let its grace pass (the check runs on the timer)."""
+        assert self.feed(event) == []  # nothing until the grace has passed
+        return self.tick(event.timestamp + CONFIG.close_grace)
+
 
 def _history(wo: str) -> list[DomainEvent]:
     signature = uid()
@@ -217,7 +230,7 @@ def test_summary_matching_the_stream_passes() -> None:
         "capaRequired": True,
     }
     done = closed(wo, at=T0 + hours(5), audit_entries=5, signatures=1, deviations=1, capa=True)
-    assert s.feed(done) == []
+    assert s.close(done) == []
 
 
 def test_summary_counts_what_the_audit_trail_holds_whatever_the_flag_says() -> None:
@@ -238,22 +251,44 @@ def test_summary_differing_from_the_stream_is_a_violation() -> None:
     for event in _history(wo):
         s.feed(event)
     done = closed(wo, at=T0 + hours(5), audit_entries=5, signatures=1, deviations=0, capa=False)
-    out = s.feed(done)
+    out = s.close(done)
     assert [e.type for e in out] == ["compliance.violation_detected"]  # MEDIUM: no CAPA
     found = out[0].data
     assert (found.requirement, found.severity, found.workOrderId) == ("§11.10(e)", "MEDIUM", wo)
     assert "deviations reported 0 observed 1" in found.description
     assert "capaRequired reported False observed True" in found.description
     assert out[0].causationId == done.id
-    assert s.feed(done) == []  # redelivered close: nothing new
+    assert s.feed(done) == [] and s.tick(T0 + days(3)) == []  # redelivered close, re-tick
 
 
 def test_own_derived_violations_count_as_deviations_but_never_derive() -> None:
     s, wo = Summary(), uid()
     s.feed(created(wo, at=T0))
     done = closed(wo, at=T0 + hours(5), audit_entries=0)
-    derived = s.feed(done)  # 1 audit entry observed, 0 reported
+    derived = s.close(done)  # 1 audit entry observed, 0 reported
     assert len(derived) == 1
     for event in derived:  # comes back through wo.derived / the NATS mirror
         assert s.feed(event) == []
     assert s.states[make_key(TENANT, wo)].summary().deviations == 1
+
+
+def test_the_close_check_counts_what_happened_before_the_close_in_any_arrival_order() -> None:
+    # The decision (approval topic) is stamped before the close (workorder topic) but may be
+    # delivered after it; a violation stamped after the close does not belong to it.
+    from tables.stages import BY_NAME
+    from tests.tables_testkit import arrival_outputs
+
+    wo, signature = uid(), uid()
+    done = closed(wo, at=T0 + hours(2), audit_entries=2, signatures=1, deviations=0, capa=False)
+    events = [
+        created(wo, at=T0),
+        decision(wo, at=T0 + hours(1), signature=signature),
+        done,
+        violation(wo, "LOW", at=T0 + hours(3)),  # after the close: not the close's business
+    ]
+    stages, now, later = [BY_NAME["wo_compliance"]], T0 + hours(4), T0 + days(1)
+    outputs = arrival_outputs(stages, events, now, tick=later)
+    assert outputs == {()}  # the reported summary is right in every order
+    wrong = closed(wo, at=T0 + hours(2), audit_entries=2, signatures=0, deviations=0, capa=False)
+    outputs = arrival_outputs(stages, [*events[:2], wrong], now, tick=later)
+    assert len(outputs) == 1 and len(next(iter(outputs))) == 1  # one violation, same id

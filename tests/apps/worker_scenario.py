@@ -55,8 +55,16 @@ class Reference(MiniPipeline):
 
 def normalized(value: Any) -> Any:
     """``value`` with lists of strings sorted: the tables keep some sets as lists in arrival
-    order (signatures, violations, flags), and arrival order across keys differs per run."""
+    order (signatures, violations, flags), and arrival order across keys differs per run.
+
+    Dedup memories (``seen``) compare as their sets of ids: *when* an id was remembered is the
+    receiving partition's clock, and a timer's derived event (e.g. a close check's violation,
+    counted in a window shard elsewhere) can reach a partition before that partition's own
+    tick of the same phase, which the reference, one clock for everything, does not model."""
     if isinstance(value, dict):
+        seen = value.get("seen")
+        if isinstance(seen, dict) and isinstance(seen.get("ids"), dict):
+            value = {**value, "seen": sorted(seen["ids"])}
         return {k: normalized(v) for k, v in value.items()}
     if isinstance(value, list):
         items = [normalized(v) for v in value]
