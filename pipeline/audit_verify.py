@@ -39,6 +39,8 @@ from pipeline.settings import Settings
 from tables.audit_chain import (
     CHECKPOINT_SIGNATURE,
     GENESIS_HEAD,
+    HEAD_CHANGED,
+    UNREADABLE,
     Break,
     ChainHead,
     ChainVerifier,
@@ -134,6 +136,21 @@ def verify_tenant(
     """Verify a tenant's chain from genesis (``start`` None: FULL) or after ``start``."""
     begin = start or GENESIS_HEAD
     verifier = ChainVerifier(tenant_id, begin)
+    if start is not None and start.seq > 0:
+        # The head a previous round verified must still be there, unchanged: entries at or
+        # below it are not re-read incrementally (the periodic FULL check re-reads them all).
+        here = next(iter(store.entries(tenant_id, after_seq=start.seq - 1, limit=1)), None)
+        if here is None or here.seq != start.seq:
+            actual = "missing"
+        elif (here.hash, here.event_id) != (start.hash, start.event_id):
+            actual = here.hash
+        else:
+            actual = None
+        if actual is not None:
+            brk = Break(
+                tenant_id, start.seq, start.event_id or "", HEAD_CHANGED, start.hash, actual
+            )
+            verifier.breaks.append(brk)
     for cp in store.checkpoints(tenant_id):
         if cp.seq <= begin.seq:
             continue
@@ -320,13 +337,32 @@ class IntegrityChecker:
                 return
 
     async def check_once(self) -> list[TenantReport]:
-        """One round over every tenant; returns the reports."""
+        """One round over every tenant; returns the reports.
+
+        Every ``audit_full_check_every`` rounds the round is FULL again (entries below the last
+        verified head are not re-read incrementally). A tenant whose chain cannot even be read
+        (a value of the wrong type or encoding) is reported broken; the others are checked.
+        """
         store = self._store.store
         reports: list[TenantReport] = []
         events: list[DomainEvent] = []
+        full = self.rounds % self._settings.audit_full_check_every == 0
         for tenant_id in await self._store.call(store.tenants):
-            start = self.heads.get(tenant_id)
-            report = await self._store.call(verify_tenant, store, self._signer, tenant_id, start)
+            start = None if full else self.heads.get(tenant_id)
+            try:
+                report = await self._store.call(
+                    verify_tenant, store, self._signer, tenant_id, start
+                )
+            except StoreUnavailable:
+                raise  # the database is down: the whole round is postponed
+            except Exception as exc:
+                log.error("audit chain of tenant %s unreadable: %s", tenant_id,
+                          type(exc).__name__)  # fmt: skip
+                head = start or GENESIS_HEAD
+                brk = Break(tenant_id, head.seq, head.event_id or "", UNREADABLE,
+                            "verifiable chain", type(exc).__name__)  # fmt: skip
+                report = TenantReport(tenant_id, "FULL" if start is None else "INCREMENTAL",
+                                      0, head, [brk])  # fmt: skip
             reports.append(report)
             self.heads[tenant_id] = report.head
             result = "intact" if report.intact else "broken"
@@ -350,7 +386,17 @@ class IntegrityChecker:
                 last_checkpoint_seq, store, tenant_id, self._signer.key_id
             )
         if head.seq > self.signed[tenant_id]:
-            await self._store.call(sign_head, store, self._signer, tenant_id, head)
+            try:
+                await self._store.call(sign_head, store, self._signer, tenant_id, head)
+            except StoreUnavailable:
+                # Another writer replica may have signed this head first (the checkpoint's key
+                # is taken): read what is signed now rather than abort every later round here.
+                self.signed[tenant_id] = await self._store.call(
+                    last_checkpoint_seq, store, tenant_id, self._signer.key_id
+                )
+                if self.signed[tenant_id] < head.seq:
+                    raise
+                return
             self.signed[tenant_id] = head.seq
             self._metrics.checkpoints.inc()
 

@@ -82,6 +82,9 @@ class Settings(BaseSettings):
     audit_batch_size: int = Field(default=500, ge=1)
     # Incremental integrity check + signed checkpoint of each chain head, this often.
     audit_check_interval_seconds: float = Field(default=60.0, gt=0)
+    # Every N-th check round is FULL (from genesis): incremental rounds do not re-read entries
+    # below the last verified head, so a deletion there is found by the next FULL round.
+    audit_full_check_every: int = Field(default=60, ge=1)
     audit_session_timeout_ms: int = Field(default=10_000, ge=1000)
     audit_metrics_port: int = Field(default=9109, ge=0, le=65535)
 

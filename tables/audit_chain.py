@@ -43,6 +43,8 @@ RECORDED_TIME = "recorded_time_regressed"
 CHECKPOINT_HASH = "checkpoint_hash_mismatch"
 CHECKPOINT_MISSING = "checkpoint_entry_missing"
 CHECKPOINT_SIGNATURE = "checkpoint_signature_invalid"
+UNREADABLE = "entry_unreadable"  # a stored value the hash cannot even be computed over
+HEAD_CHANGED = "verified_head_changed"  # the entry a previous round verified is not there
 
 
 def format_ts(at: datetime) -> str:
@@ -187,6 +189,15 @@ class ChainVerifier:
     def feed(self, entry: ChainEntry) -> None:
         """Check one entry against the running head and its own hash."""
         self.verified += 1
+        try:
+            found = self._findings(entry)
+        except Exception as exc:  # a stored value of the wrong type or encoding (tampering)
+            found = [(UNREADABLE, "readable entry", type(exc).__name__)]
+        for kind, exp, act in found:
+            self.breaks.append(Break(self.tenant_id, entry.seq, entry.event_id, kind, exp, act))
+        self.head = ChainHead(entry.seq, entry.hash, entry.recorded_at, entry.event_id)
+
+    def _findings(self, entry: ChainEntry) -> list[tuple[str, str, str]]:
         head = self.head
         found: list[tuple[str, str, str]] = []
         if head.seq == 0 and entry.seq != 1 and head.event_id is None:
@@ -209,9 +220,7 @@ class ChainVerifier:
         pinned = self.expected_at.get(entry.seq)
         if pinned is not None and (pinned[0] != entry.hash or pinned[1] != entry.event_id):
             found.append((CHECKPOINT_HASH, pinned[0], entry.hash))
-        for kind, exp, act in found:
-            self.breaks.append(Break(self.tenant_id, entry.seq, entry.event_id, kind, exp, act))
-        self.head = ChainHead(entry.seq, entry.hash, entry.recorded_at, entry.event_id)
+        return found
 
     def feed_all(self, entries: Iterable[ChainEntry]) -> ChainVerifier:
         for entry in entries:
