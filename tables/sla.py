@@ -68,6 +68,18 @@ class Completion(BaseModel):
     cause: Cause
 
 
+class EndChange(BaseModel):
+    """One scheduledEnd the order had from ``stamp`` on (created or an update)."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    stamp: Stamp
+    value: datetime | None
+
+
+ENDS_KEPT = 32  # scheduledEnd changes kept per order (reschedules are few; bounded anyway)
+
+
 class WorkOrderSla(TableState):
     """Stage 1 value: one work order's schedule, estimate, status and completion."""
 
@@ -79,6 +91,7 @@ class WorkOrderSla(TableState):
     startStamp: Stamp | None = None
     endStamp: Stamp | None = None
     endCause: Cause | None = None  # the event that set scheduledEnd (OVERDUE_OPEN's cause)
+    ends: list[EndChange] = []  # every scheduledEnd by event time: the one at completion counts
     estimatedHours: float | None = None
     status: str | None = None
     statusStamp: Stamp | None = None
@@ -190,7 +203,7 @@ def apply(
             cause=Cause.of(event),
         )
         st.estimatedHours = data.estimatedDurationHours
-    if st.completion is not None and not st.evaluated and st.scheduleKnown:
+    if st.completion is not None and not st.evaluated and _schedule_at_completion_known(st):
         _evaluate(st, derived, forwards, config)
     return Result(st, derived=tuple(derived), forwards=tuple(forwards))
 
@@ -256,6 +269,30 @@ def _set_start(st: WorkOrderSla, value: datetime | None, stamp: Stamp) -> None:
 def _set_end(st: WorkOrderSla, value: datetime | None, stamp: Stamp, event: DomainEvent) -> None:
     if newer(stamp, st.endStamp):
         st.scheduledEnd, st.endStamp, st.endCause = value, stamp, Cause.of(event)
+    st.ends.append(EndChange(stamp=stamp, value=value))
+    st.ends.sort(key=lambda e: tuple(e.stamp))
+    del st.ends[:-ENDS_KEPT]
+
+
+def _schedule_at_completion_known(st: WorkOrderSla) -> bool:
+    """Whether the schedule in force at the completion has arrived (created, or an update
+    stamped before the completion); a later reschedule alone does not tell it."""
+    if not st.ends or st.completion is None:  # stored before the history was kept
+        return st.scheduleKnown
+    done = st.completion.cause.timestamp
+    return any(e.stamp[0] <= done for e in st.ends)
+
+
+def _end_at_completion(st: WorkOrderSla, completion: Completion) -> datetime | None:
+    """The scheduledEnd in force when the order was completed (event time): a reschedule
+    stamped after the completion but delivered before it does not move the goalposts."""
+    if not st.ends:  # stored before the history was kept
+        return st.scheduledEnd
+    # by event time only: a change at the completion's own instant is in force (ids do not
+    # order events of the same instant in any meaningful way)
+    done = completion.cause.timestamp
+    before = [e for e in st.ends if e.stamp[0] <= done]
+    return before[-1].value if before else None
 
 
 def _apply_change(st: WorkOrderSla, field: str, value: object) -> None:
@@ -279,7 +316,8 @@ def _evaluate(
     # arrived yet, under the same id.
     if completion.variancePercent > config.duration_overrun_percent:
         derived.append(_breach(st, SlaBreachType.DURATION_OVERRUN))
-    on_time = None if st.scheduledEnd is None else completion.completedAt <= st.scheduledEnd
+    end = _end_at_completion(st, completion)
+    on_time = None if end is None else completion.completedAt <= end
     if on_time is False:
         derived.append(_breach(st, SlaBreachType.LATE_COMPLETION))
     breached = any(
@@ -318,6 +356,7 @@ def _breach(st: WorkOrderSla, breach: SlaBreachType) -> DomainEvent:
         return derive(st.endCause, SLA_BREACHED, data, key=key, at=at)
     if st.completion is None:
         raise ValueError(f"{breach.value} needs a completion")
+    data["scheduledEnd"] = _end_at_completion(st, st.completion)
     data["completedAt"] = st.completion.completedAt
     data["variancePercent"] = st.completion.variancePercent
     return derive(st.completion.cause, SLA_BREACHED, data, key=key)

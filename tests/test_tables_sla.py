@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta
 
+import orjson
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -285,3 +286,25 @@ def test_window_sums_equal_the_number_of_events_in_the_window(
         assert sum(a.count for _, a in retained) == len(counted[spec.name])
     for key, shard in shards.items():
         assert key == f"{TENANT}:{shard.start}"
+
+
+def test_a_reschedule_stamped_after_the_completion_does_not_count_in_any_order() -> None:
+    # A reschedule made after the fact (stamped after the completion) may be delivered before
+    # it: lateness is judged against the scheduledEnd in force at the completion.
+    from tables.stages import BY_NAME
+    from tests.tables_testkit import arrival_outputs
+
+    wo = uid()
+    change = ((T0 + hours(4)).isoformat(), (T0 + hours(10)).isoformat())
+    events = [
+        created(wo, at=T0, end=T0 + hours(4)),
+        completed(wo, at=T0 + hours(6), completed_at=T0 + hours(6), variance=0.0),
+        updated(wo, {"scheduledEnd": change}, at=T0 + hours(7)),  # moved after the fact
+    ]
+    stages = [BY_NAME["wo_sla"], BY_NAME["sla_windows"]]
+    outputs = arrival_outputs(stages, events, T0 + hours(8))
+    assert len(outputs) == 1
+    [derived] = outputs
+    [late] = [orjson.loads(raw) for raw in derived]
+    assert late["data"]["breachType"] == "LATE_COMPLETION"
+    assert late["data"]["scheduledEnd"].startswith((T0 + hours(4)).strftime("%Y-%m-%dT%H:%M"))
