@@ -53,6 +53,9 @@ CREATE TABLE IF NOT EXISTS deliveries (
 CREATE INDEX IF NOT EXISTS deliveries_due
     ON deliveries (status, subscription_id, next_attempt_at);
 CREATE INDEX IF NOT EXISTS deliveries_finished ON deliveries (status, finished_at);
+-- the dead-letter publisher's scan: dead rows not yet in the DLQ, without walking the others
+CREATE INDEX IF NOT EXISTS deliveries_dead_unpublished
+    ON deliveries (status, dlq_published, finished_at);
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL) WITHOUT ROWID;
 """
 _STATE_COLUMNS = (
@@ -188,10 +191,13 @@ class WebhookStore:
             return cur.rowcount
 
     def next_due_for(self, subscription_id: str, now: float) -> float | None:
-        """The earliest next-attempt time of the subscription's pending deliveries after ``now``."""
+        """The earliest time after ``now`` a pending delivery of the subscription can be
+        claimed: its next attempt, or the end of its lease (an attempt that crashed before
+        recording its result leaves the row leased, due again when the lease runs out)."""
         cur = self._db.execute(
-            "SELECT MIN(next_attempt_at) FROM deliveries WHERE status = 'pending' "
-            "AND subscription_id = ? AND next_attempt_at > ?",
+            "SELECT MIN(MAX(next_attempt_at, COALESCE(leased_until, 0))) FROM deliveries "
+            "WHERE status = 'pending' AND subscription_id = ? "
+            "AND MAX(next_attempt_at, COALESCE(leased_until, 0)) > ?",
             (subscription_id, now),
         )
         return cur.fetchone()[0]

@@ -80,6 +80,7 @@ from tables.webhooks import (
     EVENT_TYPE_HEADER,
     SIGNATURE_HEADER,
     TENANT_HEADER,
+    TENANT_MISMATCH,
     TIMESTAMP_HEADER,
     BackoffPolicy,
     Outcome,
@@ -87,6 +88,7 @@ from tables.webhooks import (
     Subscription,
     SubscriptionIndex,
     apply_outcome,
+    refuse,
     signature_header,
 )
 
@@ -409,6 +411,16 @@ class Dispatcher:
 
     async def _attempt(self, sub: Subscription, delivery: Delivery) -> None:
         try:
+            if delivery.tenant_id != sub.tenant_id:
+                # Queued for this id under another tenant: sending it would cross tenants.
+                state = refuse(delivery.state, self.clock.now(), TENANT_MISMATCH,
+                               "subscription now belongs to another tenant")  # fmt: skip
+                await self._store.call(self._store.store.record, delivery.key, state)
+                self.stats.dead += 1
+                self._dlq_wake.set()
+                log.error("webhook delivery of another tenant refused: subscription=%s event=%s",
+                          sub.id, delivery.event_id)  # fmt: skip
+                return
             started = self.clock.now()
             t0 = time.perf_counter()
             outcome = await self._sender.send(

@@ -41,6 +41,9 @@ DEFAULT_TOLERANCE_SECONDS = 300
 
 EXPIRED = "WEBHOOK_DELIVERY_EXPIRED"
 FORBIDDEN = "WEBHOOK_URL_FORBIDDEN"
+# A stored delivery whose tenant is not the subscription's (its id was given to another
+# tenant while deliveries were still queued): never sent, dead-lettered for triage.
+TENANT_MISMATCH = "WEBHOOK_TENANT_MISMATCH"
 
 SUBSCRIPTION_ID_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"
 _SUBSCRIPTION_ID_RE = re.compile(SUBSCRIPTION_ID_PATTERN)
@@ -324,6 +327,13 @@ def apply_outcome(
         return _dead(attempted, outcome, now, EXPIRED)
     next_at = min(now + policy.delay(attempted.attempts, rng), deadline)
     return replace(attempted, next_attempt_at=next_at, last_error=outcome.summary)
+
+
+def refuse(state: DeliveryState, now: float, reason: str, detail: str) -> DeliveryState:
+    """Dead without an attempt (nothing was sent): ``reason`` is a dead-letter code."""
+    return replace(
+        state, status=Status.DEAD, last_error=detail, finished_at=now, dead_reason=reason
+    )
 
 
 def _dead(state: DeliveryState, outcome: Outcome, now: float, reason: str) -> DeliveryState:

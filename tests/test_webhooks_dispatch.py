@@ -18,7 +18,7 @@ from connectors.dead_letter import DeadLetterPublisher
 from connectors.jetstream import connect_nats
 from pipeline.settings import Settings
 from pipeline.webhooks import backoff_policy
-from tables.webhooks import EXPIRED, FORBIDDEN, Status, verify_signature
+from tables.webhooks import EXPIRED, FORBIDDEN, TENANT_MISMATCH, Status, verify_signature
 from tests.bridge_testkit import provision, read_dlq, status_event
 from tests.webhooks_testkit import (
     SECRET,
@@ -331,5 +331,77 @@ async def test_requeue_command_sends_a_dead_delivery_again_through_the_running_d
         while not await delivered():
             assert time.monotonic() < deadline, "delivery not recorded"
             await asyncio.sleep(0.02)
+    finally:
+        await running.close()
+
+
+async def test_a_reused_subscription_id_never_sends_another_tenants_queued_deliveries(
+    receiver: Receiver, tmp_path: Path
+) -> None:
+    """Tenant A's ``erp`` is down; the operator gives the id ``erp`` to tenant B. A's queued
+    delivery must not go to B's endpoint (signed with B's secret): it is dead-lettered."""
+    settings = webhook_settings(tmp_path)
+    clock = FakeClock()
+    a, b = tenant(), tenant()
+    running = await start_dispatcher(
+        settings, [subscription("erp", a, receiver.url("/fail"))], clock=clock
+    )
+    event = _events(a, 1)[0]
+    try:
+        await running.dispatcher.accept(event.canonical_bytes())
+        await wait_for(lambda: receiver.count("/fail") == 1, 10, "A's first attempt")
+        await wait_for(lambda: running.dispatcher.in_flight() == 0, 10, "recorded")
+    finally:
+        await running.close()
+    sink = ListSink()
+    running = await start_dispatcher(
+        settings, [subscription("erp", b, receiver.url("/ok"))], sink=sink, clock=clock
+    )
+    try:
+        clock.advance_to(clock.now() + 3600)
+        running.dispatcher.wake()
+        await wait_for(lambda: len(sink.letters) == 1, 10, "dead letter")
+        assert sink.letters[0].reason == TENANT_MISMATCH
+        row = await running.store.call(running.store.store.get, "erp", event.id)
+        assert row.state.status is Status.DEAD and row.state.attempts == 1  # none for B
+        assert receiver.count("/ok") == 0
+    finally:
+        await running.close()
+
+
+async def test_an_attempt_that_crashed_before_recording_is_retried_after_its_lease(
+    receiver: Receiver, tmp_path: Path
+) -> None:
+    # no requeue rescan during the test: it would look at every subscription once by chance
+    settings = webhook_settings(tmp_path, webhook_rescan_seconds=3600)
+    clock = FakeClock()
+    mine = tenant()
+    running = await start_dispatcher(
+        settings, [subscription("erp", mine, receiver.url("/ok"))], clock=clock
+    )
+    real_record = running.store.store.record
+    calls = {"n": 0}
+
+    def failing_once(*args: Any) -> Any:
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise OSError("disk full")
+        return real_record(*args)
+
+    running.store.store.record = failing_once  # type: ignore[method-assign]
+    event = _events(mine, 1)[0]
+    try:
+        await running.dispatcher.accept(event.canonical_bytes())
+        await wait_for(lambda: calls["n"] == 1, 10, "the crashed record")
+        await wait_for(lambda: running.dispatcher.in_flight() == 0, 10, "attempt over")
+        row = await running.store.call(running.store.store.get, "erp", event.id)
+        assert row.state.status is Status.PENDING  # sent, but nothing recorded
+        # the scheduler's pass after the crash has planned its next look at "erp"
+        checks = running.dispatcher._next_check
+        await wait_for(lambda: checks.get("erp", 0.0) > clock.now(), 10, "next check planned")
+        clock.advance_to(clock.now() + settings.webhook_timeout_seconds + 61)  # lease over
+        running.dispatcher.wake()
+        await wait_for(lambda: receiver.count("/ok") == 2, 10, "the retry")
+        await wait_for(lambda: running.dispatcher.stats.delivered == 1, 10, "recorded")
     finally:
         await running.close()

@@ -208,3 +208,14 @@ def test_requeue_counts_rows_whose_body_is_gone(tmp_path: Path) -> None:
     assert (done.keys, done.without_body) == ([], 1)
     assert store.get("s1", "e1").state.status is Status.DEAD
     store.close()
+
+
+def test_the_dead_letter_scan_uses_its_index(tmp_path: Path) -> None:
+    # Dead rows are kept for days: without an index on dlq_published the publisher's scan
+    # (every few seconds) walks all of them on the store's one thread, delaying every tenant.
+    store = WebhookStore(tmp_path / "d.sqlite3")
+    plan = store._db.execute(
+        "EXPLAIN QUERY PLAN SELECT subscription_id FROM deliveries WHERE status = 'dead' "
+        "AND dlq_published = 0 ORDER BY finished_at LIMIT 500"
+    ).fetchall()
+    assert any("deliveries_dead_unpublished" in str(row) for row in plan), plan
