@@ -26,6 +26,7 @@ from tests.webhooks_testkit import (
     ListSink,
     Receiver,
     connects_fixture,  # noqa: F401 (fixture)
+    fail_first_call,
     produce,
     start_dispatcher,
     subscription,
@@ -266,16 +267,7 @@ async def test_scheduler_survives_a_store_error(receiver: Receiver, tmp_path: Pa
     settings = webhook_settings(tmp_path)
     mine = tenant()
     running = await start_dispatcher(settings, [subscription("erp", mine, receiver.url("/ok"))])
-    real_due = running.store.store.due
-    calls = {"n": 0}
-
-    def flaky_due(*args: Any) -> Any:
-        calls["n"] += 1
-        if calls["n"] == 1:
-            raise OSError("disk I/O error")
-        return real_due(*args)
-
-    running.store.store.due = flaky_due  # type: ignore[method-assign]
+    calls = fail_first_call(running.store.store, "due", OSError("disk I/O error"))
     try:
         await running.dispatcher.accept(_events(mine, 1)[0].canonical_bytes())
         await wait_for(lambda: receiver.count("/ok") == 1, 10, "delivery after the store error")
@@ -379,16 +371,7 @@ async def test_an_attempt_that_crashed_before_recording_is_retried_after_its_lea
     running = await start_dispatcher(
         settings, [subscription("erp", mine, receiver.url("/ok"))], clock=clock
     )
-    real_record = running.store.store.record
-    calls = {"n": 0}
-
-    def failing_once(*args: Any) -> Any:
-        calls["n"] += 1
-        if calls["n"] == 1:
-            raise OSError("disk full")
-        return real_record(*args)
-
-    running.store.store.record = failing_once  # type: ignore[method-assign]
+    calls = fail_first_call(running.store.store, "record", OSError("disk full"))
     event = _events(mine, 1)[0]
     try:
         await running.dispatcher.accept(event.canonical_bytes())

@@ -268,3 +268,18 @@ async def start_dispatcher(
     )  # fmt: skip
     task = asyncio.create_task(dispatcher.run(consume=consume))
     return Running(dispatcher, store, sender, stop, task)
+
+
+def fail_first_call(store: Any, method: str, error: Exception) -> dict[str, int]:
+    """Make ``store.<method>`` raise ``error`` on its first call only; returns the call count."""
+    real = getattr(store, method)
+    calls = {"n": 0}
+
+    def patched(*args: Any) -> Any:
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise error
+        return real(*args)
+
+    setattr(store, method, patched)
+    return calls
