@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -130,6 +131,7 @@ async def clients(
         )
         monkeypatch.setattr(api.reader, "active_partitions", lambda table, o=owned: set(o))
         monkeypatch.setattr(api.reader, "now_ms", lambda: clock_ms)  # fmt: skip
+        clients[name].wo_api = api  # type: ignore[attr-defined]  # for tests that bend it
     try:
         yield clients
     finally:
@@ -227,6 +229,20 @@ async def test_every_endpoint_answers_the_reference_from_either_worker(
             assert len(body["certifications"]) == 1
             status, body = await get(client, f"{t}/masters", token)
             assert status == 200 and [m["masterId"] for m in body["masters"]] == [ids["master"]]
+
+
+async def test_a_partition_answered_twice_during_a_rebalance_is_a_503_not_a_double_count(
+    clients: dict[str, TestClient], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert (await get(clients["a"], f"/tenants/{ACME}/masters"))[0] == 200
+    # b still answers for partition 1, which a now owns (b's view from before a rebalance)
+    stale = clients["b"].wo_api  # type: ignore[attr-defined]
+    monkeypatch.setattr(stale.reader, "active_partitions", lambda table: {1, 2, 3})
+    paths = ("masters", "sla?window=1d&last=3", "compliance?window=1d&last=3",
+             "certifications/expiring?within_days=30")  # fmt: skip
+    for path in paths:
+        status, body = await get(clients["a"], f"/tenants/{ACME}/{path}")
+        assert status == 503 and "moved" in body["reason"], (path, body)
 
 
 async def test_tenant_isolation_and_error_codes(
@@ -342,3 +358,30 @@ def test_every_compliance_row_names_a_window(scenario: Scenario) -> None:
     assert recent and all(r["window"] == "recent" for r in recent)
     assert all("window" in r for r in rows)
     assert {s.name for s in COMPLIANCE_SPECS}.isdisjoint({"recent"})
+
+
+def test_one_event_stamped_far_ahead_does_not_blank_the_current_windows() -> None:
+    from tables.config import DEFAULT_CONFIG
+
+    day = DEFAULT_CONFIG.compliance_windows[0]
+    now = datetime(2026, 3, 10, 12, tzinfo=UTC)
+    today = day.start_of(int(now.timestamp() * 1000))
+    rows = [
+        {"window": "1d", "startMs": today, "count": 5, "violationsBySeverity": {"HIGH": 5}},
+        {"window": "1d", "startMs": today + 365 * day.size_ms,  # a producer clock a year off
+         "count": 1, "violationsBySeverity": {"LOW": 1}},
+    ]  # fmt: skip
+    out = projections.compliance_windows(rows, day, 3, int(now.timestamp() * 1000))
+    assert [w["violations"] for w in out] == [0, 0, 5]  # today is still the newest window
+    tomorrow = [{**rows[1], "startMs": today + day.size_ms}]  # slightly ahead: shown
+    ahead = projections.compliance_windows(rows[:1] + tomorrow, day, 3, int(now.timestamp() * 1000))
+    assert [w["violations"] for w in ahead] == [0, 5, 1]
+
+
+def test_days_until_expiry_is_floored_like_the_event() -> None:
+    now = datetime(2026, 3, 10, 12, tzinfo=UTC)
+    row = {"personId": "p", "experienceId": "x", "certification": "c"}
+    expired_12h = {**row, "expirationDate": "2026-03-10T00:00:00Z"}
+    in_36h = {**row, "experienceId": "y", "expirationDate": "2026-03-12T00:00:00Z"}
+    out = projections.expiring([expired_12h, in_36h], now, 7)
+    assert [(r["daysUntilExpiry"], r["expired"]) for r in out] == [(-1, True), (1, False)]

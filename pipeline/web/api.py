@@ -87,10 +87,18 @@ class Api:
         covered: set[int] = set()
         rows: list[Row] = []
         for answer in answers:
-            covered |= set(answer["partitions"])
+            parts = set(answer["partitions"])
+            if parts & covered:
+                # Two workers answered for one partition (one of them from before a
+                # rebalance): its rows would be counted twice.
+                raise unavailable("partitions moved during the request; retry")
+            covered |= parts
             rows += answer["rows"]
         if self.cluster.missing(spec.table, covered):
             raise unavailable("not every partition answered; retry")
+        self.cluster.check_ready()  # no rebalance began while the answers came in
+        if self.cluster.members(spec.table) != members:
+            raise unavailable("partitions moved during the request; retry")
         return rows
 
     # -- endpoints ---------------------------------------------------------------------------

@@ -6,6 +6,7 @@ exactly as the reducers define them. Every item carries only its own tenant's da
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -138,7 +139,9 @@ def expiring(rows: Iterable[dict[str, Any]], now: datetime, within_days: int
     for row in rows:
         expiry = _parse(row["expirationDate"])
         if expiry <= limit:
-            days = int((expiry - now) / _DAY)  # whole days, towards zero
+            # whole days, floored like the certification_expiring event's daysUntilExpiry:
+            # expired 12 h ago is -1, not 0
+            days = math.floor((expiry - now) / _DAY)
             out.append({**row, "daysUntilExpiry": days, "expired": expiry <= now})
     return sorted(out, key=lambda r: (r["expirationDate"], r["personId"], r["experienceId"]))
 
@@ -148,8 +151,12 @@ def _windows_of(rows: Iterable[dict[str, Any]], spec: WindowSpec) -> dict[int, d
 
 
 def _anchor(spec: WindowSpec, starts: Iterable[int], now_ms: int) -> int:
-    """Start of the newest window: the one holding ``now``, or a later one holding data."""
-    return max([spec.start_of(now_ms), *starts])
+    """Start of the newest window: the one holding ``now``, or the next one if it already
+    holds data (producer clocks run a little ahead). Data further ahead does not move it: one
+    event stamped a year ahead would otherwise blank the current windows."""
+    current = spec.start_of(now_ms)
+    ahead = current + spec.size_ms
+    return max([current, *(s for s in starts if s <= ahead)])
 
 
 def sla_windows(rows: Iterable[dict[str, Any]], spec: WindowSpec, last: int, now_ms: int
