@@ -42,7 +42,7 @@ from datetime import datetime, timedelta
 from functools import partial
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 from events.enums import ResourceType
 from events.envelope import DomainEvent
@@ -94,7 +94,7 @@ class WorkOrderAssignees(TableState):
     """Stage 1 value: the people assigned to one work order, and its status."""
 
     workOrderId: str
-    persons: dict[str, Assignee] = {}
+    persons: dict[str, Assignee] = Field(default_factory=dict)
     status: str | None = None
     statusStamp: Stamp | None = None
     revision: int = 0  # bumped on every applied event; orders the facts per person
@@ -121,7 +121,8 @@ class Certification(BaseModel):
     expirationDate: datetime
     stamp: Stamp
     cause: Cause
-    notified: list[int] = []  # thresholds (days) already emitted for this expirationDate
+    # thresholds (days) already emitted for this expirationDate
+    notified: list[int] = Field(default_factory=list)
 
 
 class Assignment(BaseModel):
@@ -130,7 +131,8 @@ class Assignment(BaseModel):
     scheduledEnd: datetime
     open: bool
     revision: int
-    flagged: list[str] = []  # "{experienceId}@{expiry}" already reported as a violation
+    # "{experienceId}@{expiry}" already reported as a violation
+    flagged: list[str] = Field(default_factory=list)
     closedAt: datetime | None = None  # processing time it was seen closed (pruned later)
     assignedCause: Cause | None = None  # see AssignmentFact
     closedStamp: Stamp | None = None
@@ -140,8 +142,8 @@ class PersonCertifications(TableState):
     """Stage 2 value: one person's certifications (by experienceId) and assignments."""
 
     personId: str
-    certs: dict[str, Certification] = {}
-    assignments: dict[str, Assignment] = {}
+    certs: dict[str, Certification] = Field(default_factory=dict)
+    assignments: dict[str, Assignment] = Field(default_factory=dict)
 
     def next_deadline(self, config: TenantConfig = DEFAULT_CONFIG) -> datetime | None:
         """When ``tick`` next has something to do (for the Faust layer's timer index)."""

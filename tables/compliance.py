@@ -28,11 +28,12 @@ deviations it observed).
 
 from __future__ import annotations
 
+import bisect
 from datetime import datetime
 from functools import partial
-from typing import Final, Literal
+from typing import Final
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 from events.envelope import DomainEvent
 from events.ids import unix_ms
@@ -64,11 +65,11 @@ class ComplianceAggregate(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
     count: int = 0
-    violationsByRegulation: dict[str, int] = {}
-    violationsBySeverity: dict[str, int] = {}
-    signaturesByResult: dict[str, int] = {}
-    phiByAction: dict[str, int] = {}
-    escalationsByReason: dict[str, int] = {}
+    violationsByRegulation: dict[str, int] = Field(default_factory=dict)
+    violationsBySeverity: dict[str, int] = Field(default_factory=dict)
+    signaturesByResult: dict[str, int] = Field(default_factory=dict)
+    phiByAction: dict[str, int] = Field(default_factory=dict)
+    escalationsByReason: dict[str, int] = Field(default_factory=dict)
 
 
 class RecentViolation(BaseModel):
@@ -90,25 +91,19 @@ class ComplianceWindows(TableState):
     plus the shard's newest violations (at most ``RECENT_MAX``, newest first by event time)."""
 
     start: int = 0  # shard start, epoch ms
-    windows: dict[str, dict[int, ComplianceAggregate]] = {}
-    recent: list[RecentViolation] = []
+    windows: dict[str, dict[int, ComplianceAggregate]] = Field(default_factory=dict)
+    recent: list[RecentViolation] = Field(default_factory=list)
 
     def window(self, name: str, at: datetime, specs: tuple[WindowSpec, ...]) -> ComplianceAggregate:
         spec = next(s for s in specs if s.name == name)
         return self.windows.get(name, {}).get(spec.start_of(unix_ms(at)), ComplianceAggregate())
 
 
-class Observed(BaseModel):
-    """One counted item with its event time, for the summary as of the close."""
-
-    model_config = ConfigDict(extra="ignore")
-
-    kind: Literal["audit", "signature", "violation"]
-    id: str  # event id (audit), signatureId, violationId
-    at: datetime  # event time of the event that brought it
-    eventId: str
-    causationId: str | None = None
-    capa: bool = False  # violation of severity >= HIGH
+Observed = tuple[int, str, str, str, str | None, bool]
+"""One counted item, for the summary as of the close: (event time ms, kind "audit" |
+"signature" | "violation", id (event id, signatureId, violationId), the event id that brought
+it, its causationId, severity >= HIGH). A plain tuple, not a model: every event of a work order
+adds one, and tuples of scalars are cheap to copy (shared), dump and load."""
 
 
 class Closing(BaseModel):
@@ -126,12 +121,12 @@ class WorkOrderCompliance(TableState):
 
     workOrderId: str
     auditEntries: int = 0
-    signatures: list[str] = []
-    violations: list[str] = []
+    signatures: list[str] = Field(default_factory=list)
+    violations: list[str] = Field(default_factory=list)
     capaRequired: bool = False
     # Since this field exists every item is kept with its event time; older values count all.
     tracked: bool = False
-    observed: list[Observed] = []
+    observed: list[Observed] = Field(default_factory=list)
     closing: Closing | None = None
     closeChecked: bool = False
 
@@ -148,17 +143,18 @@ class WorkOrderCompliance(TableState):
         itself, nor what it caused)."""
         if not self.tracked:
             return self.summary()
+        close_ms = unix_ms(close.timestamp)
         items = [
-            o
-            for o in self.observed
-            if o.eventId != close.id and o.causationId != close.id and o.at <= close.timestamp
+            (kind, item_id, capa)
+            for at, kind, item_id, event_id, causation, capa in self.observed
+            if at <= close_ms and close.id not in (event_id, causation)
         ]
-        violations = [o for o in items if o.kind == "violation"]
+        violations = [(item_id, capa) for kind, item_id, capa in items if kind == "violation"]
         return ComplianceSummary(
-            auditEntries=sum(1 for o in items if o.kind == "audit"),
-            signatures=len({o.id for o in items if o.kind == "signature"}),
-            deviations=len({o.id for o in violations}),
-            capaRequired=any(o.capa for o in violations),
+            auditEntries=sum(1 for kind, _, _ in items if kind == "audit"),
+            signatures=len({item_id for kind, item_id, _ in items if kind == "signature"}),
+            deviations=len({item_id for item_id, _ in violations}),
+            capaRequired=any(capa for _, capa in violations),
         )
 
     def summary(self) -> ComplianceSummary:
@@ -268,7 +264,11 @@ def apply_summary(
         return Result(st)
 
     data = event.data
-    seen = partial(Observed, at=event.timestamp, eventId=event.id, causationId=event.causationId)
+    at_ms = unix_ms(event.timestamp)
+
+    def seen(kind: str, item_id: str, capa: bool = False) -> Observed:
+        return (at_ms, kind, item_id, event.id, event.causationId, capa)
+
     if event.type == CLOSED:
         if not is_own(event) and st.closing is None:
             st.closing = Closing(
@@ -276,19 +276,19 @@ def apply_summary(
             )
     elif requires_audit(event):  # what the audit trail holds for it (events.registry)
         st.auditEntries += 1
-        _observe(st, seen(kind="audit", id=event.id))
+        _observe(st, seen("audit", event.id))
     signature = getattr(data, "signatureId", None)
     if event.type in ("approval.decision_submitted", "compliance.signature_verified"):
         if signature is not None:
             if signature not in st.signatures:
                 st.signatures.append(signature)
-            _observe(st, seen(kind="signature", id=signature))
+            _observe(st, seen("signature", signature))
     if event.type == "compliance.violation_detected":
         if data.violationId not in st.violations:
             st.violations.append(data.violationId)
         capa = policy.needs_capa(data.severity)
         st.capaRequired = st.capaRequired or capa
-        _observe(st, seen(kind="violation", id=data.violationId, capa=capa))
+        _observe(st, seen("violation", data.violationId, capa))
     return Result(st)
 
 
@@ -312,5 +312,8 @@ def tick_summary(
 def _observe(st: WorkOrderCompliance, item: Observed) -> None:
     if st.tracked:
         # kept in event-time order, so the stored value does not depend on arrival order
-        st.observed.append(item)
-        st.observed.sort(key=lambda o: (o.at, o.kind, o.id, o.eventId))
+        bisect.insort(st.observed, item, key=_order)
+
+
+def _order(item: Observed) -> tuple[int, str, str, str]:
+    return item[0], item[1], item[2], item[3]

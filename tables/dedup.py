@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 from events.ids import unix_ms
 
@@ -28,7 +28,7 @@ class SeenIds(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
     latest: int = 0  # epoch ms of the latest application (never goes back with a skewed clock)
-    ids: dict[str, int] = {}
+    ids: dict[str, int] = Field(default_factory=dict)
 
     def __contains__(self, item_id: object) -> bool:
         return item_id in self.ids

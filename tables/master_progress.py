@@ -32,7 +32,7 @@ from datetime import datetime
 from functools import partial
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 from events.enums import WorkOrderStatus
 from events.envelope import DomainEvent
@@ -98,7 +98,7 @@ class MasterProgress(TableState):
     """Stage 2 value: a master's children (unlinked ones kept as tombstones for ordering)."""
 
     masterId: str
-    children: dict[str, ChildEntry] = {}
+    children: dict[str, ChildEntry] = Field(default_factory=dict)
 
     def counts(self) -> dict[str, Any]:
         linked = [c for c in self.children.values() if c.linked]

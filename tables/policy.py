@@ -45,7 +45,7 @@ from datetime import datetime
 from functools import partial
 from typing import Final
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 from events.enums import (
     ApprovalDecision,
@@ -347,9 +347,10 @@ class PolicyState(TableState):
     endStamp: Stamp | None = None
     status: str | None = None
     statusStamp: Stamp | None = None
-    pending: list[Pending] = []
-    calibrations: dict[str, Calibration] = {}
-    flagged: list[str] = []  # calibration checks already reported: "{tool}@{due}"
+    pending: list[Pending] = Field(default_factory=list)
+    calibrations: dict[str, Calibration] = Field(default_factory=dict)
+    # calibration checks already reported: "{tool}@{due}"
+    flagged: list[str] = Field(default_factory=list)
 
 
 def route(event: DomainEvent, config: TenantConfig = DEFAULT_CONFIG) -> list[str]:

@@ -31,7 +31,7 @@ from datetime import datetime
 from functools import partial
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 from events.enums import SlaBreachType
 from events.envelope import DomainEvent
@@ -91,13 +91,15 @@ class WorkOrderSla(TableState):
     startStamp: Stamp | None = None
     endStamp: Stamp | None = None
     endCause: Cause | None = None  # the event that set scheduledEnd (OVERDUE_OPEN's cause)
-    ends: list[EndChange] = []  # every scheduledEnd by event time: the one at completion counts
+    # every scheduledEnd by event time: the one at completion counts
+    ends: list[EndChange] = Field(default_factory=list)
     estimatedHours: float | None = None
     status: str | None = None
     statusStamp: Stamp | None = None
     completion: Completion | None = None
     evaluated: bool = False
-    breaches: list[str] = []  # breach types already emitted (each at most once)
+    # breach types already emitted (each at most once)
+    breaches: list[str] = Field(default_factory=list)
 
     def next_deadline(self, config: TenantConfig = DEFAULT_CONFIG) -> datetime | None:
         """When ``tick`` next has something to do (for the Faust layer's timer index)."""
@@ -145,7 +147,7 @@ class SlaWindows(TableState):
     """Stage 2 value: one shard (a tenant's UTC day) of SLA windows, by name and start (ms)."""
 
     start: int = 0  # shard start, epoch ms
-    windows: dict[str, dict[int, SlaAggregate]] = {}
+    windows: dict[str, dict[int, SlaAggregate]] = Field(default_factory=dict)
 
     def window(self, name: str, at: datetime, specs: tuple[WindowSpec, ...]) -> SlaAggregate:
         """The aggregate of the ``name`` window containing ``at`` (empty if none)."""
