@@ -451,3 +451,73 @@ async def test_a_gap_filled_after_the_seek_stops_the_watch(quick_reseek: None) -
         runner.processed.done(("d", 3), event.message.offset)
     await runner._gap_watch[("d", 3)]
     assert consumer.seeks == [(TP("d", 3), 0)] and not runner.app.crashed
+
+
+async def test_a_rebalance_while_a_batch_is_gathered_releases_it_instead_of_hanging() -> None:
+    """Faust's stream yields to the loop before it reads its queue; a rebalance starting then
+    clears the queues and waits (no timeout) for every delivered record to be acked. The
+    batch being gathered must be released (acked unprocessed: it is not committed, so it is
+    read again), or the worker hangs with every partition stopped."""
+    import faust
+    from faust.events import Event
+    from faust.types.tuples import ConsumerMessage
+
+    from pipeline.agents.runner import Runner
+
+    app = faust.App("wo-race-test", broker="kafka://127.0.0.1:1", store="memory://")
+    channel = app.channel()
+    app.flow_control.resume()
+    app.consumer.resume_flow()
+    processed: list[int] = []
+    runner = Runner.__new__(Runner)  # only what consume uses
+    runner.app = app
+    runner.batch_max = 500
+    runner._planner_for = lambda handler: None  # type: ignore[method-assign]
+
+    async def in_order(events: list[Any]) -> list[Any]:
+        return list(events)
+
+    async def process(events: list[Any], plan: Any, context: Any) -> None:
+        processed.extend(e.message.offset for e in events)
+
+    runner._in_order = in_order  # type: ignore[method-assign]
+    runner._process = process  # type: ignore[method-assign]
+    runner.processed = ProcessedOffsets()
+    runner.positions = {}
+    runner.metrics = WorkerMetrics.create()
+    runner._done = lambda: None  # type: ignore[method-assign]
+    app.topics._acking_topics.add("t")
+    stream = app.stream(channel)
+    queue = stream.channel.queue
+    real_empty, armed = queue.empty, [True]
+
+    def empty() -> bool:
+        ready = real_empty()
+        if armed[0] and not ready:  # consume is about to gather one more record: revoke now
+            armed[0] = False
+
+            def revoke() -> None:  # what Faust's on_partitions_revoked does first
+                app.consumer.stop_flow()
+                app.flow_control.suspend()
+                app.flow_control.clear()
+
+            asyncio.get_running_loop().call_soon(revoke)
+        return ready
+
+    queue.empty = empty  # type: ignore[method-assign]
+    for offset in range(3):
+        message = ConsumerMessage("t", 0, offset, 0.0, 0, None, b"k", b"v", None, generation_id=0)
+        queue.put_nowait(Event(app, b"k", b"v", {}, message))
+    task = asyncio.ensure_future(runner.consume(stream, "on_event"))
+    try:
+        for _ in range(200):  # until the gathered record is released (the rebalance can go on)
+            await asyncio.sleep(0.01)
+            if not app.consumer._unacked_messages and not armed[0]:
+                break
+        assert not armed[0], "the race was not reached"
+        assert not app.consumer._unacked_messages, "the rebalance would wait forever"
+        assert processed == []  # released unprocessed: read again from the committed offset
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task

@@ -100,6 +100,13 @@ class Planned:
 Plan = Callable[[EventT], Planned]
 
 
+@dataclass(slots=True)
+class _Gathering:
+    """The records an agent has taken from its stream for the next batch."""
+
+    batch: list[EventT] = field(default_factory=list)
+
+
 class Runner:
     """Processes the records of every source topic (one agent per topic calls it)."""
 
@@ -163,37 +170,70 @@ class Runner:
         # Ticks run timers from the index, which only written batches update: one per batch.
         limit = 1 if handler == "on_tick" else self.batch_max
         queue = manual.channel.queue
-        batch: list[EventT] = []
-        async for event in manual.events():
-            batch.append(event)
-            if len(batch) < limit and not queue.empty():
-                continue  # more records are ready: take them into this batch
-            events, batch = batch, []
-            ready = await self._in_order(events)
-            try:
-                if ready:
-                    await self._process(ready, plan, manual._set_current_event)
-            except Exception as exc:
-                # Reducer errors are handled per item (steps.Planner); anything else is a bug
-                # or a broken store: stop the worker loudly, the batch stays unacked.
-                first = ready[0].message
-                log.exception("processing a batch of %d from %s[%d]@%d failed", len(ready),
-                              first.topic, first.partition, first.offset)  # fmt: skip
-                await self.app.crash(exc)
-                raise
-            now = time.monotonic()
-            for event in ready:
-                message = event.message
-                self.processed.done((message.topic, message.partition), message.offset)
-                self.positions[message.topic, message.partition] = message.offset + 1
-                if message.time_in is not None:  # Faust's sensor clock is monotonic
-                    self.metrics.latency.observe(now - message.time_in)
-            # Every delivered record is acked (Faust's bookkeeping wants it); what is committed
-            # comes from self.processed, so held-back records are not committed over.
-            for event in events:
-                await manual.ack(event)
+        gathering = _Gathering()
+        guard = asyncio.ensure_future(self._release_on_suspend(manual, gathering))
+        try:
+            async for event in manual.events():
+                batch = gathering.batch
+                batch.append(event)
+                if len(batch) < limit and not queue.empty():
+                    continue  # more records are ready: take them into this batch
+                events, gathering.batch = batch, []
+                await self._run(events, plan, manual)
+        finally:
+            guard.cancel()
+
+    async def _release_on_suspend(self, manual: Any, gathering: _Gathering) -> None:
+        """Ack the batch being gathered when a rebalance suspends the flow.
+
+        Between two records of a batch Faust's stream yields to the loop before it reads its
+        queue; a rebalance starting right then clears the queues, so the next record never
+        comes, and the rebalance waits (without a timeout) for every delivered record to be
+        acked: the worker would hang. The gathered records are acked unprocessed instead: what
+        is committed comes from ``processed`` only, so they are read again after the rebalance.
+        While this task runs the agent can only be waiting for its next record (it empties the
+        batch before any other await), so the batch is never half-processed here.
+        """
+        consumer = self.app.consumer
+        while True:
+            await consumer.suspend_flow.wait()
+            events, gathering.batch = gathering.batch, []
+            if events:
+                first = events[0].message
+                log.info("flow suspended: %d gathered record(s) from %s[%d]@%d released, to "
+                         "be read again", len(events), first.topic, first.partition,
+                         first.offset)  # fmt: skip
+                for event in events:
+                    await manual.ack(event)
+            await consumer.can_resume_flow.wait()
+
+    async def _run(self, events: list[EventT], plan: Plan, manual: Any) -> None:
+        """One gathered batch: process the records that are in order, then ack all of them."""
+        ready = await self._in_order(events)
+        try:
             if ready:
-                self._done()
+                await self._process(ready, plan, manual._set_current_event)
+        except Exception as exc:
+            # Reducer errors are handled per item (steps.Planner); anything else is a bug
+            # or a broken store: stop the worker loudly, the batch stays unacked.
+            first = ready[0].message
+            log.exception("processing a batch of %d from %s[%d]@%d failed", len(ready),
+                          first.topic, first.partition, first.offset)  # fmt: skip
+            await self.app.crash(exc)
+            raise
+        now = time.monotonic()
+        for event in ready:
+            message = event.message
+            self.processed.done((message.topic, message.partition), message.offset)
+            self.positions[message.topic, message.partition] = message.offset + 1
+            if message.time_in is not None:  # Faust's sensor clock is monotonic
+                self.metrics.latency.observe(now - message.time_in)
+        # Every delivered record is acked (Faust's bookkeeping wants it); what is committed
+        # comes from self.processed, so held-back records are not committed over.
+        for event in events:
+            await manual.ack(event)
+        if ready:
+            self._done()
 
     async def _seek(self, tp: Any, offset: int) -> None:
         """Seek in the consumer's own thread and wait for the new position (as Faust's recovery
