@@ -52,7 +52,10 @@ def parse_tick(value: bytes) -> datetime:
         raise ValueError("not a clock tick") from exc
     if not isinstance(ms, int) or isinstance(ms, bool) or ms < 0:
         raise ValueError("not a clock tick")
-    return from_ms(ms)
+    try:
+        return from_ms(ms)
+    except OverflowError as exc:  # beyond datetime's year 9999: not an instant we can run
+        raise ValueError("not a clock tick") from exc
 
 
 def tick_records(at: datetime, partitions: int) -> list[tuple[int, bytes]]:

@@ -222,3 +222,23 @@ async def test_a_reducer_failing_halfway_in_a_batch_leaves_no_trace(
         assert layer.runner.signals["error"] > 0
         outcomes.append((normalized(layer.tables), layer.derived()))
     assert outcomes[0] == outcomes[1]
+
+
+async def test_extreme_but_valid_times_are_dead_letters_not_a_crash_loop() -> None:
+    """A close stamped 9999-12-31T23:30Z is schema-valid, but its check's deadline (close +
+    1 h) overflows; a tick past year 9999 likewise. Each is refused with its reason; a raise
+    would fail the batch, and the restarted worker would read the same record again."""
+    from datetime import UTC, datetime
+
+    from tests.apps.memory_layer import DEAD_LETTERS
+    from tests.tables_testkit import T0, closed, created, uid
+
+    layer = MemoryLayer(PARTITIONS, 3)
+    wo = uid()
+    layer.produce(created(wo, at=T0))
+    layer.produce(closed(wo, at=datetime(9999, 12, 31, 23, 30, tzinfo=UTC)))
+    layer.append(CONTROL, 0, None, b'{"now": 300000000000000}', [])
+    await layer.drain()
+    reasons = sorted(dict(m.headers)["wo-dlq-reason"].decode() for m in layer.log[DEAD_LETTERS])
+    assert reasons == ["invalid_tick", "refused"]
+    assert layer.runner.signals.get("error", 0) >= 1

@@ -581,7 +581,11 @@ class Runner:
             for name in self.index.timed | self.index.windowed:
                 timed = name in self.index.timed
                 for key, value in self.tables[name].items():
-                    deadline = self.planner.deadline_ms(name, value) if timed else None
+                    try:
+                        deadline = self.planner.deadline_ms(name, value) if timed else None
+                    except Exception:  # an unreadable stored value: its timer cannot run
+                        log.exception("timer index: %s[%s] skipped", name, key)
+                        continue
                     yield partition_of(key, self.partitions), name, key, deadline
 
         self.index.build(actives, entries())

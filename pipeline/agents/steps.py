@@ -177,12 +177,12 @@ class Planner:
                 state = self.decode(stage, key, raw)
                 config = self.config.for_tenant(state.tenant)
                 result = stage.tick(state, now, config=config)
+                self._record(step, stage, key, state, raw, result, config)
             except Exception:  # a bad stored value must not stop every other timer
                 log.exception("timer of %s[%s] failed; key skipped", name, key)
                 step.signals["error", name] += 1
                 continue
             step.signals["timer", name] += 1
-            self._record(step, stage, key, state, raw, result, config)
         for name, key in shards:
             stage = BY_NAME[name]
             tenant, _ = split_key(key)
@@ -244,6 +244,8 @@ class Planner:
             state = None if raw is None else self.decode(stage, key, raw)
             owned = state is not None and owned_by_batch(state)
             result = stage.apply(state, item, now, key=key, config=config)
+            # here too: the next deadline of an extreme (valid) timestamp can overflow
+            self._record(step, stage, key, state, raw, result, config, updated_in_place=owned)
         except Exception as exc:  # tenant mismatch, unreadable state: refuse this item, say so
             log.exception("%s[%s] refused item %s; skipped", stage.name, key, item.id)
             step.signals["error", stage.name] += 1
@@ -253,7 +255,6 @@ class Planner:
                 disown(state)
                 self.forget(stage.name, key)
             return
-        self._record(step, stage, key, state, raw, result, config, updated_in_place=owned)
 
     def _record(
         self,
