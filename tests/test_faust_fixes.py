@@ -453,6 +453,32 @@ async def test_a_gap_filled_after_the_seek_stops_the_watch(quick_reseek: None) -
     assert consumer.seeks == [(TP("d", 3), 0)] and not runner.app.crashed
 
 
+async def test_a_rebalance_stops_the_gap_watches_of_the_old_assignment(quick_reseek: None) -> None:
+    """A watch keeps its expected offset; after a rebalance that kept the partition, with the
+    last commit below that offset, it would seek forward past unprocessed records and then
+    stop the worker although nothing is missing."""
+    from types import SimpleNamespace
+
+    consumer = _SeekingConsumer({TP("d", 3): 90}, earliest={TP("d", 3): 0})
+    runner = _runner(consumer)
+    forget = SimpleNamespace(forget=lambda: None, clear=lambda: None)
+    runner.clock, runner.index, runner.cache = forget, forget, forget
+    ready = await runner._in_order(events(*(("d", 3, o) for o in (*range(90, 100), 105))))
+    for event in ready:
+        runner.processed.done(("d", 3), event.message.offset)
+    old_watch = runner._gap_watch[("d", 3)]  # waits for 100..104
+    runner.on_rebalance()  # partition kept; Faust re-reads from the last commit, 95
+    consumer._committed_offset[TP("d", 3)] = 95
+    before = len(consumer.seeks)  # the seek back to 100 when 105 came, before the rebalance
+    ready = await runner._in_order(events(("d", 3, 95), ("d", 3, 96)))
+    for event in ready:
+        runner.processed.done(("d", 3), event.message.offset)
+    with contextlib.suppress(asyncio.CancelledError):
+        await old_watch
+    await asyncio.sleep(0.05)  # several re-seek periods of a watch left running
+    assert (TP("d", 3), 100) not in consumer.seeks[before:] and not runner.app.crashed
+
+
 async def test_a_rebalance_while_a_batch_is_gathered_releases_it_instead_of_hanging() -> None:
     """Faust's stream yields to the loop before it reads its queue; a rebalance starting then
     clears the queues and waits (no timeout) for every delivered record to be acked. The

@@ -285,7 +285,9 @@ class Runner:
             log.critical("%s", error)
             await self.app.crash(error)
         finally:
-            self._gap_watch.pop(tp, None)
+            # a rebalance may have replaced this watch already: only remove our own entry
+            if self._gap_watch.get(tp) is asyncio.current_task():
+                del self._gap_watch[tp]
 
     async def _log_start(self, tp: Any) -> int | None:
         try:
@@ -357,11 +359,16 @@ class Runner:
             await self.topics.control.send(value=value, partition=p)
 
     def on_rebalance(self) -> None:
-        """Partitions moved: cached clocks and the timer index are reloaded on next use."""
+        """Partitions moved: cached clocks and the timer index are reloaded on next use, and
+        gap watches stop (their expected offsets belong to the old assignment: one left
+        running would seek a kept partition forward, past records not processed yet)."""
         self.clock.forget()
         self.index.clear()
         self.cache.clear()
         self.processed.clear()
+        for watch in self._gap_watch.values():
+            watch.cancel()
+        self._gap_watch.clear()
 
     # -- planning (no I/O) -------------------------------------------------------------------
 
