@@ -47,6 +47,7 @@ from pipeline.settings import Settings
 from pipeline.topics import (
     DEAD_LETTERS,
     DOMAIN,
+    H_DLQ_AT,
     H_DLQ_REASON,
     H_DLQ_SOURCE,
     H_DLQ_TABLE,
@@ -221,7 +222,11 @@ class _Scan:
             return None
         report.matched += 1
         partly_applied = H_DLQ_TABLE in headers
-        if partly_applied and self.oldest_ms is not None and record.timestamp < self.oldest_ms:
+        if (
+            partly_applied
+            and self.oldest_ms is not None
+            and _dead_at(headers, record) < self.oldest_ms
+        ):
             report.expired += 1
             return None
         if self.dry_run:
@@ -234,3 +239,14 @@ class _Scan:
         report.by_reason[why] += 1
         report.by_topic[source[0]] += 1
         return sent
+
+
+def _dead_at(headers: dict[str, bytes], record: ConsumerRecord) -> int:
+    """When the worker dead-lettered ``record`` (ms): the dedup horizon counts from when the
+    other tables applied it, not from its event time (a backfilled event would look expired
+    at once, one stamped ahead would look fresh for too long). Letters written before the
+    header existed fall back to the record timestamp."""
+    try:
+        return int(headers[H_DLQ_AT])
+    except (KeyError, ValueError):
+        return record.timestamp

@@ -49,6 +49,7 @@ H_DLQ_REASON = "wo-dlq-reason"  # dead letters: machine-readable reason
 H_DLQ_DETAIL = "wo-dlq-detail"  # dead letters: what was wrong (names fields, never values)
 H_DLQ_SOURCE = "wo-dlq-source"  # dead letters: "{topic}/{partition}/{offset}"
 H_DLQ_TABLE = "wo-dlq-table"  # dead letters refused by one table: its name
+H_DLQ_AT = "wo-dlq-at"  # dead letters: when the worker wrote it (wall clock, epoch ms)
 
 
 def forwards_topic(app_id: str) -> str:

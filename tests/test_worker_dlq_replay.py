@@ -38,11 +38,11 @@ class Topics:
 
     async def dead_letter(self, topic: str, partition: int, offset: int, reason: str,
                           value: bytes, *, source: bool = True, table: str | None = None,
-                          ts: int = TS) -> None:  # fmt: skip
+                          ts: int = TS, at: int | None = TS) -> None:  # fmt: skip
         record = dead_letter_record(
             topic=topic, partition=partition, offset=offset, key=b"acme:wo-" + value[:4],
             value=value, headers=[("wo-event-id", b"id-" + value)], timestamp_ms=ts,
-            reason=reason, detail="payload.status: enum", table=table,
+            reason=reason, detail="payload.status: enum", table=table, dead_lettered_ms=at,
         )  # fmt: skip
         headers = [h for h in record.headers if source or h[0] != H_DLQ_SOURCE]
         producer = AIOKafkaProducer(bootstrap_servers=self.bootstrap, acks="all")
@@ -159,6 +159,24 @@ async def test_partly_applied_letters_older_than_the_dedup_horizon_need_force(
     forced = await topics.replay(now=eight_days, from_start=True, force=True, reason="refused")
     assert (forced.expired, forced.replayed) == (0, 1)
     assert sorted(r[2] for r in await topics.read(topics.a)) == [b"v-nobody", b"v-partly"]
+
+
+async def test_the_horizon_counts_from_the_dead_lettering_not_the_event_time(
+    topics: Topics,
+) -> None:
+    """The other tables applied the record when it was dead-lettered; its event time can be
+    days before (a backfill) or after (a producer clock ahead) that."""
+    day = 86_400_000
+    await topics.dead_letter(topics.a, 0, 1, "refused", b"v-backfill", table="wo_sla",
+                             ts=TS - 10 * day, at=TS)  # fmt: skip
+    await topics.dead_letter(topics.a, 0, 2, "refused", b"v-ahead", table="wo_sla",
+                             ts=TS + 3 * day, at=TS - 8 * day)  # fmt: skip
+    await topics.dead_letter(
+        topics.a, 0, 3, "refused", b"v-old-letter", table="wo_sla", ts=TS - 8 * day, at=None
+    )  # written before wo-dlq-at existed
+    report = await topics.replay(now=NOW)
+    assert (report.matched, report.expired, report.replayed) == (3, 2, 1)
+    assert [r[2] for r in await topics.read(topics.a)] == [b"v-backfill"]
 
 
 async def test_a_limit_stops_early_and_the_next_run_goes_on_from_there(topics: Topics) -> None:

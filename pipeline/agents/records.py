@@ -12,6 +12,7 @@ from events.ids import unix_ms
 from events.keys import record_key
 from events.subjects import subject_for
 from pipeline.topics import (
+    H_DLQ_AT,
     H_DLQ_DETAIL,
     H_DLQ_REASON,
     H_DLQ_SOURCE,
@@ -108,13 +109,16 @@ def dead_letter_record(
     reason: str,
     detail: str,
     table: str | None = None,
+    dead_lettered_ms: int | None = None,
 ) -> Record:
     """A source record the worker could not use, kept whole for a replay after a fix.
 
     Key, value, timestamp and headers are the source record's (the bytes are never parsed
     again here); the ``wo-dlq-*`` headers add the reason (machine-readable), the detail (names
-    fields and rules, never payload values), the source position and, for a record one table
-    refused, that table. The partition number is the source's, so a replay keeps key order.
+    fields and rules, never payload values), the source position, when it was dead-lettered
+    (the record's own timestamp is the event time, which says nothing about how long ago the
+    other tables applied it) and, for a record one table refused, that table. The partition
+    number is the source's, so a replay keeps key order.
     """
     items = list(headers.items() if isinstance(headers, Mapping) else headers or [])
     extra = [
@@ -124,6 +128,8 @@ def dead_letter_record(
     ]
     if table is not None:
         extra.append((H_DLQ_TABLE, table.encode()))
+    if dead_lettered_ms is not None:
+        extra.append((H_DLQ_AT, str(dead_lettered_ms).encode()))
     return Record(
         key=key,
         value=value or b"",

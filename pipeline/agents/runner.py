@@ -575,6 +575,7 @@ class Runner:
             reason=reason,
             detail=detail,
             table=table,
+            dead_lettered_ms=int(time.time() * 1000),
         )
 
     def _build_index(self) -> None:
