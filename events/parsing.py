@@ -121,7 +121,7 @@ def _parse(raw: object, max_bytes: int, registry: EventRegistry) -> DomainEvent 
             event_type=event_type,
         )
     spec = registry.lookup(event_type, parsed_version.major)
-    if spec is not None and _deeper_than(obj, MAX_DEPTH):
+    if spec is not None and _may_nest_deeper(raw, MAX_DEPTH) and _deeper_than(obj, MAX_DEPTH):
         return _error(
             obj,
             ParseReason.SCHEMA_VIOLATION,
@@ -143,6 +143,13 @@ def _parse(raw: object, max_bytes: int, registry: EventRegistry) -> DomainEvent 
         return spec.envelope.model_validate(obj)
     except ValidationError as exc:
         return _validation_error(obj, exc, event_type)
+
+
+def _may_nest_deeper(raw: bytes | bytearray | memoryview, limit: int) -> bool:
+    """A cheap bound first (every event is parsed): ``limit`` levels need more than ``limit``
+    opening brackets; quoted ones only over-count, so fewer means not deeper."""
+    data = raw if isinstance(raw, bytes | bytearray) else bytes(raw)
+    return data.count(b"{") + data.count(b"[") > limit
 
 
 def _deeper_than(obj: dict[str, Any], limit: int) -> bool:
